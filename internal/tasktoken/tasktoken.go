@@ -1,0 +1,83 @@
+// Package tasktoken signs and verifies the short-lived tokens that let a
+// host fetch a task's pieces from upload servers. The supernode signs with
+// an ed25519 private key; every upload server verifies with the public key
+// it got in Welcome, so no upload server can mint tokens.
+//
+// Format: base64url(payload) "." base64url(signature), payload =
+// "v1|<task>|<host>|<expiry unix seconds>".
+package tasktoken
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pouchfly/pouchfly/internal/errdefs"
+)
+
+// MaxLen bounds a token presented by a client.
+const MaxLen = 512
+
+// Signer mints tokens. It is safe for concurrent use.
+type Signer struct{ key ed25519.PrivateKey }
+
+// NewSigner returns a signer with a fresh key (nil key) or the given one.
+func NewSigner(key ed25519.PrivateKey) (*Signer, error) {
+	if key == nil {
+		_, k, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		key = k
+	}
+	if len(key) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("token key: %w", errdefs.ErrInvalid)
+	}
+	return &Signer{key: key}, nil
+}
+
+// Public returns the verification key.
+func (s *Signer) Public() ed25519.PublicKey { return s.key.Public().(ed25519.PublicKey) }
+
+// Sign returns a token for host to fetch task until expiry.
+func (s *Signer) Sign(task, host string, expiry time.Time) string {
+	payload := "v1|" + task + "|" + host + "|" + strconv.FormatInt(expiry.Unix(), 10)
+	sig := ed25519.Sign(s.key, []byte(payload))
+	return base64.RawURLEncoding.EncodeToString([]byte(payload)) + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+// Verify checks tok for task at time now with public key pub and returns the
+// host it was issued to. Any failure wraps errdefs.ErrForbidden.
+func Verify(pub ed25519.PublicKey, tok, task string, now time.Time) (host string, err error) {
+	if len(pub) != ed25519.PublicKeySize {
+		return "", fmt.Errorf("no token key: %w", errdefs.ErrForbidden)
+	}
+	if tok == "" || len(tok) > MaxLen {
+		return "", fmt.Errorf("missing or oversized task token: %w", errdefs.ErrForbidden)
+	}
+	p64, s64, ok := strings.Cut(tok, ".")
+	if !ok {
+		return "", fmt.Errorf("malformed task token: %w", errdefs.ErrForbidden)
+	}
+	payload, err1 := base64.RawURLEncoding.DecodeString(p64)
+	sig, err2 := base64.RawURLEncoding.DecodeString(s64)
+	if err1 != nil || err2 != nil || !ed25519.Verify(pub, payload, sig) {
+		return "", fmt.Errorf("bad task token signature: %w", errdefs.ErrForbidden)
+	}
+	parts := strings.Split(string(payload), "|")
+	if len(parts) != 4 || parts[0] != "v1" {
+		return "", fmt.Errorf("malformed task token: %w", errdefs.ErrForbidden)
+	}
+	if parts[1] != task {
+		return "", fmt.Errorf("task token is for another task: %w", errdefs.ErrForbidden)
+	}
+	exp, err := strconv.ParseInt(parts[3], 10, 64)
+	if err != nil || now.Unix() > exp {
+		return "", fmt.Errorf("task token expired: %w", errdefs.ErrForbidden)
+	}
+	return parts[2], nil
+}
