@@ -70,7 +70,9 @@ type Store interface {
 	// WritePiece reads piece n from r and stores it if its SHA-256 equals
 	// sum (nil sum: store unverified, for the CDN which computes it). It
 	// returns the SHA-256 of what it read. On any error the piece is not
-	// marked present. r must yield exactly the piece's size when the length
+	// marked present. Writers of one piece are serialised; when the piece is
+	// already present, r is not read and the stored sum is returned, so
+	// verified bytes are never rewritten. r must yield exactly the piece's size when the length
 	// is known; with an unknown length any size up to the piece size is
 	// accepted and a short piece must be the last one.
 	WritePiece(ctx context.Context, taskID string, n int, r io.Reader, sum []byte) ([]byte, error)

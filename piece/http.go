@@ -1,0 +1,177 @@
+package piece
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"golang.org/x/time/rate"
+
+	"github.com/pouchfly/pouchfly/internal/errdefs"
+)
+
+// PiecePath is the data-plane route every upload server (peer or CDN)
+// serves: GET /tasks/{task}/pieces/{n}.
+const PiecePath = "/tasks/{task}/pieces/{n}"
+
+// TokenHeader carries the supernode-signed task token on piece GETs.
+const TokenHeader = "X-Pouchfly-Token"
+
+// ServerOptions tunes the piece handler. The zero value serves everyone,
+// without limits.
+type ServerOptions struct {
+	// Authorize decides whether r may fetch pieces of task; it returns the
+	// requesting host's ID or an error wrapping errdefs.ErrForbidden.
+	Authorize func(r *http.Request, task string) (host string, err error)
+	// MaxConcurrent caps uploads in flight; beyond it requests get 503.
+	MaxConcurrent int
+	// Limiter, if set, caps the upload rate (bytes/s); its burst must be at
+	// least ChunkSize.
+	Limiter *rate.Limiter
+	// OnServed is called after each piece sent in full.
+	OnServed func(task string, n int, bytes int64, host string)
+}
+
+// ChunkSize is the unit of rate-limited sends (each chunk still goes out
+// with sendfile).
+const ChunkSize = 256 << 10
+
+// Handler serves pieces from a Store.
+type Handler struct {
+	store Store
+	opts  ServerOptions
+	slots chan struct{}
+}
+
+var _ http.Handler = (*Handler)(nil)
+
+// NewHandler returns the piece server over store.
+func NewHandler(store Store, opts ServerOptions) *Handler {
+	h := &Handler{store: store, opts: opts}
+	if opts.MaxConcurrent > 0 {
+		h.slots = make(chan struct{}, opts.MaxConcurrent)
+	}
+	return h
+}
+
+// Register adds the piece route to mux.
+func (h *Handler) Register(mux *http.ServeMux) { mux.Handle("GET "+PiecePath, h) }
+
+// ServeHTTP implements http.Handler for GET /tasks/{task}/pieces/{n}.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	task := r.PathValue("task")
+	n, err := strconv.Atoi(r.PathValue("n"))
+	if err != nil || n < 0 || n >= MaxCount || ValidTaskID(task) != nil {
+		http.Error(w, "bad task or piece number", http.StatusBadRequest)
+		return
+	}
+	host := ""
+	if h.opts.Authorize != nil {
+		if host, err = h.opts.Authorize(r, task); err != nil {
+			http.Error(w, "task token rejected", http.StatusForbidden)
+			return
+		}
+	}
+	if h.slots != nil {
+		select {
+		case h.slots <- struct{}{}:
+			defer func() { <-h.slots }()
+		default:
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "too many uploads", http.StatusServiceUnavailable)
+			return
+		}
+	}
+	rd, err := h.store.ReadPiece(r.Context(), task, n)
+	if err != nil {
+		if errors.Is(err, errdefs.ErrNotFound) {
+			http.Error(w, "piece not held", http.StatusNotFound)
+		} else {
+			http.Error(w, "store error", http.StatusInternalServerError)
+		}
+		return
+	}
+	defer rd.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(rd.Size, 10))
+	w.WriteHeader(http.StatusOK)
+	sent, err := h.copy(r.Context(), w, rd)
+	if err == nil && sent == rd.Size && h.opts.OnServed != nil {
+		h.opts.OnServed(task, n, sent, host)
+	}
+}
+
+// copy sends rd, through the limiter if any, keeping the sendfile path:
+// each chunk is an *io.LimitedReader directly over the file.
+func (h *Handler) copy(ctx context.Context, w io.Writer, rd *Reader) (int64, error) {
+	if h.opts.Limiter == nil {
+		return io.Copy(w, rd.R)
+	}
+	base, left := rd.R, rd.Size
+	if lr, ok := rd.R.(*io.LimitedReader); ok {
+		base, left = lr.R, lr.N
+	}
+	var sent int64
+	for left > 0 {
+		c := min(left, ChunkSize)
+		if err := h.opts.Limiter.WaitN(ctx, int(c)); err != nil {
+			return sent, err
+		}
+		n, err := io.Copy(w, &io.LimitedReader{R: base, N: c})
+		sent += n
+		left -= n
+		if err != nil {
+			return sent, err
+		}
+		if n < c {
+			return sent, io.ErrUnexpectedEOF
+		}
+	}
+	return sent, nil
+}
+
+// FetchPiece GETs piece n of task from the upload server at addr
+// (host:port). The caller reads and closes the body. Errors wrap
+// ErrNotFound (not held), ErrForbidden (token refused), ErrUnavailable
+// (network, overload) or ErrInvalid.
+func FetchPiece(ctx context.Context, c *http.Client, addr, task string, n int, token string) (io.ReadCloser, int64, error) {
+	u := "http://" + addr + "/tasks/" + task + "/pieces/" + strconv.Itoa(n)
+	if strings.Contains(addr, "://") {
+		u = addr + "/tasks/" + task + "/pieces/" + strconv.Itoa(n)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, 0, fmt.Errorf("piece request: %v: %w", err, errdefs.ErrInvalid)
+	}
+	if token != "" {
+		req.Header.Set(TokenHeader, token)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) || !errors.Is(err, context.Canceled) {
+			return nil, 0, fmt.Errorf("piece %d from %s: %v: %w", n, addr, err, errdefs.ErrUnavailable)
+		}
+		return nil, 0, err
+	}
+	if resp.StatusCode == http.StatusOK {
+		return resp.Body, resp.ContentLength, nil
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	class := errdefs.ErrInvalid
+	switch resp.StatusCode {
+	case http.StatusNotFound:
+		class = errdefs.ErrNotFound
+	case http.StatusForbidden, http.StatusUnauthorized:
+		class = errdefs.ErrForbidden
+	case http.StatusServiceUnavailable, http.StatusTooManyRequests, http.StatusInternalServerError, http.StatusBadGateway:
+		class = errdefs.ErrUnavailable
+	}
+	return nil, 0, fmt.Errorf("piece %d from %s: HTTP %d: %w", n, addr, resp.StatusCode, class)
+}

@@ -1,0 +1,84 @@
+package piece_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/internal/tasktoken"
+	"github.com/pouchfly/pouchfly/piece"
+)
+
+func TestPieceHTTP(t *testing.T) {
+	ctx := context.Background()
+	store := piece.NewMemoryStore(0, nil)
+	data := make([]byte, 3<<20)
+	rand.Read(data)
+	sum := sha256.Sum256(data)
+	id := "sha256:" + hex.EncodeToString(sum[:])
+	if err := store.Create(ctx, piece.Meta{TaskID: id, ContentLength: int64(len(data)), PieceSize: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	for n := 0; n < 2; n++ { // piece 2 stays missing
+		if _, err := store.WritePiece(ctx, id, n, bytes.NewReader(data[n<<20:(n+1)<<20]), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	signer, _ := tasktoken.NewSigner(nil)
+	served := 0
+	h := piece.NewHandler(store, piece.ServerOptions{
+		Authorize: func(r *http.Request, task string) (string, error) {
+			return tasktoken.Verify(signer.Public(), r.Header.Get(piece.TokenHeader), task, time.Now())
+		},
+		OnServed: func(task string, n int, b int64, host string) {
+			if host == "h1" && b == 1<<20 {
+				served++
+			}
+		},
+	})
+	mux := http.NewServeMux()
+	h.Register(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	c := srv.Client()
+	tok := signer.Sign(id, "h1", time.Now().Add(time.Minute))
+
+	body, size, err := piece.FetchPiece(ctx, c, srv.URL, id, 1, tok)
+	if err != nil || size != 1<<20 {
+		t.Fatalf("fetch: %v size %d", err, size)
+	}
+	got, _ := io.ReadAll(body)
+	body.Close()
+	if !bytes.Equal(got, data[1<<20:2<<20]) || served != 1 {
+		t.Fatalf("piece 1 differs or not counted (served=%d)", served)
+	}
+	for _, tc := range []struct {
+		name, task, tok string
+		n               int
+		want            error
+	}{
+		{"missing piece", id, tok, 2, errdefs.ErrNotFound},
+		{"no token", id, "", 0, errdefs.ErrForbidden},
+		{"token for other task", id, signer.Sign("sha256:"+hex.EncodeToString(make([]byte, 32)), "h1", time.Now().Add(time.Minute)), 0, errdefs.ErrForbidden},
+		{"expired token", id, signer.Sign(id, "h1", time.Now().Add(-time.Minute)), 0, errdefs.ErrForbidden},
+		{"bad task id", "..%2f..%2fetc", tok, 0, errdefs.ErrInvalid},
+		{"bad piece", id, tok, -1, errdefs.ErrInvalid},
+	} {
+		_, _, err := piece.FetchPiece(ctx, c, srv.URL, tc.task, tc.n, tc.tok)
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%s: err = %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if _, _, err := piece.FetchPiece(ctx, c, "127.0.0.1:1", id, 0, tok); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Errorf("closed port: %v", err)
+	}
+}
