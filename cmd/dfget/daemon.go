@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/pouchfly/pouchfly/internal/cliconfig"
+	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/peer"
+	"github.com/pouchfly/pouchfly/piece"
+)
+
+// daemonConfig is dfget.yaml.
+type daemonConfig struct {
+	// Peer configures the P2P agent.
+	Peer peer.Config `yaml:"peer"`
+	// MetricsListen serves Prometheus /metrics ("" to disable).
+	MetricsListen string `yaml:"metrics_listen"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level"`
+}
+
+func defaultDaemonConfig() daemonConfig {
+	return daemonConfig{Peer: peer.DefaultConfig(), MetricsListen: "127.0.0.1:65003", LogLevel: "info"}
+}
+
+func (c daemonConfig) Validate() error {
+	if err := c.Peer.Validate(); err != nil {
+		return err
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return fmt.Errorf("metrics_listen %q: %w", c.MetricsListen, errdefs.ErrInvalid)
+		}
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return fmt.Errorf("log_level %q: %w", c.LogLevel, errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+func configCmd() *cobra.Command {
+	c := &cobra.Command{Use: "config", Short: "Show dfget daemon configuration"}
+	c.AddCommand(&cobra.Command{
+		Use:   "default",
+		Short: "Print the default dfget.yaml",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := cliconfig.Print(defaultDaemonConfig())
+			fmt.Print(s)
+			return err
+		},
+	})
+	return c
+}
+
+func daemonCmd() *cobra.Command {
+	var file string
+	c := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the peer agent (one per host)",
+		Long: `dfget daemon is the per-host peer agent: it keeps a session to the supernode,
+downloads pieces from other hosts, serves the pieces it holds, and answers
+dfget (and the registry mirror) on its local socket.
+
+Configuration: defaults (dfget config default), then --config FILE (YAML),
+then POUCHFLY_* environment variables (POUCHFLY_PEER_ZONE=a), then flags.`,
+		Args: cobra.NoArgs,
+	}
+	f := c.Flags()
+	f.StringVar(&file, "config", "", "YAML config file")
+	f.StringSlice("supernode", nil, "supernode host:port (repeatable)")
+	f.String("upload-listen", "", "upload server listen address")
+	f.String("ip", "", "address other hosts reach this one at")
+	f.String("data-dir", "", "piece store and state directory")
+	f.String("socket", "", "local API unix socket")
+	f.String("zone", "", "locality label")
+	f.String("host-id", "", "stable host ID")
+	f.String("metrics-listen", "", "Prometheus listen address")
+	f.String("upload-rate", "", "upload cap, e.g. 50M (bytes/s)")
+	f.String("download-rate", "", "download cap, e.g. 50M (bytes/s)")
+	f.Bool("no-back-source", false, "never fetch from the origin directly")
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		cfg := defaultDaemonConfig()
+		flags := map[string]*pflag.Flag{
+			"peer.supernodes": f.Lookup("supernode"), "peer.upload_listen": f.Lookup("upload-listen"),
+			"peer.ip": f.Lookup("ip"), "peer.data_dir": f.Lookup("data-dir"), "peer.socket": f.Lookup("socket"),
+			"peer.zone": f.Lookup("zone"), "peer.host_id": f.Lookup("host-id"), "metrics_listen": f.Lookup("metrics-listen"),
+			"peer.upload_rate": f.Lookup("upload-rate"), "peer.download_rate": f.Lookup("download-rate"),
+		}
+		if err := cliconfig.Load(&cfg, file, flags); err != nil {
+			return err
+		}
+		if nb, _ := f.GetBool("no-back-source"); nb {
+			cfg.Peer.BackSource = false
+		}
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
+		return runDaemon(cmd.Context(), cfg)
+	}
+	return c
+}
+
+func runDaemon(ctx context.Context, cfg daemonConfig) error {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.LogLevel))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	store, err := piece.NewDiskStore(filepath.Join(cfg.Peer.DataDir, "store"), nil)
+	if err != nil {
+		return fmt.Errorf("store: %v: %w", err, errLocalIO)
+	}
+	defer store.Close()
+	p, err := peer.New(cfg.Peer, store, peer.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 3)
+	go func() { errc <- p.Run(ctx) }()
+	<-p.Started()
+	go func() {
+		if err := p.ServeAPI(ctx, cfg.Peer.Socket); err != nil {
+			errc <- err
+		}
+	}()
+	if cfg.MetricsListen != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		reg.MustRegister(p.Collectors()...)
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		srv := &http.Server{Addr: cfg.MetricsListen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("metrics: %w", err)
+			}
+		}()
+		defer srv.Close()
+	}
+	log.Info("dfget daemon started", "host", p.HostID(), "upload", p.UploadAddr(), "socket", cfg.Peer.Socket)
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		cancel()
+		return err
+	}
+}
