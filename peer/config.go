@@ -49,6 +49,9 @@ type Config struct {
 	MaxParallelPieces int `yaml:"max_parallel_pieces"`
 	// PerParentPieces caps piece downloads in flight from one parent.
 	PerParentPieces int `yaml:"per_parent_pieces"`
+	// CDNParallelPieces caps piece downloads in flight from the supernode's
+	// CDN while other peers are parents too (the rest is traded).
+	CDNParallelPieces int `yaml:"cdn_parallel_pieces"`
 	// PieceTimeout bounds one piece download.
 	PieceTimeout time.Duration `yaml:"piece_timeout"`
 	// TaskTimeout bounds a whole task.
@@ -81,6 +84,7 @@ func DefaultConfig() Config {
 		BackSource:        true,
 		MaxParallelPieces: 16,
 		PerParentPieces:   4,
+		CDNParallelPieces: 2,
 		PieceTimeout:      60 * time.Second,
 		TaskTimeout:       time.Hour,
 		SupernodeWait:     5 * time.Second,
@@ -115,8 +119,8 @@ func (c Config) Validate() error {
 		return bad("max_uploads must be ≥ 1")
 	case c.MaxParallelPieces < 1 || c.MaxParallelPieces > 256:
 		return bad("max_parallel_pieces must be 1..256")
-	case c.PerParentPieces < 1:
-		return bad("per_parent_pieces must be ≥ 1")
+	case c.PerParentPieces < 1 || c.CDNParallelPieces < 1:
+		return bad("per_parent_pieces and cdn_parallel_pieces must be ≥ 1")
 	case c.PieceTimeout <= 0 || c.TaskTimeout <= 0 || c.SupernodeWait <= 0 || c.StallTimeout <= 0:
 		return bad("timeouts must be positive")
 	case c.UploadRate < 0 || c.DownloadRate < 0 || c.DiskLimit < 0:

@@ -535,8 +535,18 @@ func (t *task) inflightPieces() int { return len(t.inflight) }
 // exclude: peers before the CDN, then the least busy, then the fastest.
 func (t *task) pickParent(n int, exclude map[string]context.CancelFunc) *parentState {
 	var best *parentState
+	cdnCap := t.p.cfg.PerParentPieces
 	for _, ps := range t.parents {
-		if !ps.bitmap.Has(n) || ps.inflight >= t.p.cfg.PerParentPieces {
+		if !ps.cdn && ps.bitmap != nil {
+			// Other peers are in the swarm: take from the CDN only a few
+			// pieces at a time and trade the rest, so the supernode sends
+			// each piece to few hosts.
+			cdnCap = min(cdnCap, t.p.cfg.CDNParallelPieces)
+			break
+		}
+	}
+	for _, ps := range t.parents {
+		if !ps.bitmap.Has(n) || ps.inflight >= t.p.cfg.PerParentPieces || ps.cdn && ps.inflight >= cdnCap {
 			continue
 		}
 		if _, ex := exclude[ps.id]; ex {

@@ -1,0 +1,140 @@
+package scheduler
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/pouchfly/pouchfly/internal/errdefs"
+)
+
+// Config tunes the scheduler. The zero value is not valid; start from
+// DefaultConfig.
+type Config struct {
+	// SupernodeID names this supernode in Welcome (dashboard, logs).
+	SupernodeID string `yaml:"supernode_id"`
+	// MaxParents is the number of parents given to a downloading peer.
+	MaxParents int `yaml:"max_parents"`
+	// QuarantineBadPieces is the number of pieces that failed verification,
+	// counted across all tasks and children, after which a host is
+	// quarantined cluster-wide: it is never chosen as a parent again.
+	QuarantineBadPieces int `yaml:"quarantine_bad_pieces"`
+	// SlowParentRatio: a parent whose measured throughput to a child falls
+	// below this ratio of the median of its siblings is replaced.
+	SlowParentRatio float64 `yaml:"slow_parent_ratio"`
+	// SlowParentMinSamples is the number of pieces a parent must have served
+	// to a child before it may be judged slow.
+	SlowParentMinSamples int `yaml:"slow_parent_min_samples"`
+	// ParentFailureLimit is the number of network/refused/not-found failures
+	// of one parent seen by one child after which that parent is replaced
+	// for that child.
+	ParentFailureLimit int `yaml:"parent_failure_limit"`
+	// AvoidTTL is how long a replaced (slow, failing or given-up) parent is
+	// kept out of that child's parent sets.
+	AvoidTTL time.Duration `yaml:"avoid_ttl"`
+	// TokenTTL is the lifetime of task tokens; a downloading peer gets a
+	// fresh token (a new TaskInfo) once its token is past half its life.
+	TokenTTL time.Duration `yaml:"token_ttl"`
+	// ReportInterval is told to hosts in Welcome: how long they may batch
+	// piece reports.
+	ReportInterval time.Duration `yaml:"report_interval"`
+	// HostTimeout: a host silent (no heartbeat nor any packet) for this long
+	// is removed. CDN hosts never time out.
+	HostTimeout time.Duration `yaml:"host_timeout"`
+	// HousekeepingInterval is the period of Run's loop (host timeouts,
+	// token refresh, task garbage collection).
+	HousekeepingInterval time.Duration `yaml:"housekeeping_interval"`
+	// BackToSourceWhenNoSeeder: with no seeder (or when the seeder reports
+	// the origin unavailable to it) hosts are told to fetch from the origin
+	// themselves instead of failing.
+	BackToSourceWhenNoSeeder bool `yaml:"back_to_source_when_no_seeder"`
+	// FailureCacheTTL is how long a seed failure is replayed to new
+	// registrations before the task is seeded again (at most 5m).
+	FailureCacheTTL time.Duration `yaml:"failure_cache_ttl"`
+	// MaxTasksPerHost bounds the tasks one host may have registered.
+	MaxTasksPerHost int `yaml:"max_tasks_per_host"`
+	// CDNFanout is how many of the CDN's children hear of each fresh piece
+	// the CDN seeds (0: all); the rest get it from peers (super-seeding).
+	CDNFanout int `yaml:"cdn_fanout"`
+	// Weights tune parent scoring.
+	Weights Weights `yaml:"weights"`
+}
+
+// Weights are the terms of a candidate parent's score (see ChooseParents).
+type Weights struct {
+	// Useful is the score of a candidate holding the most missing pieces
+	// among the candidates; others get it pro rata. It should dominate.
+	Useful float64 `yaml:"useful"`
+	// Zone is added when the candidate is in the child's zone.
+	Zone float64 `yaml:"zone"`
+	// Throughput is the score of the fastest measured candidate; others pro
+	// rata, unmeasured ones half of it.
+	Throughput float64 `yaml:"throughput"`
+	// Load is subtracted per current child (or active upload) of the
+	// candidate.
+	Load float64 `yaml:"load"`
+	// Failure is subtracted per recent failure of the candidate.
+	Failure float64 `yaml:"failure"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		SupernodeID:              "supernode",
+		MaxParents:               5,
+		CDNFanout:                2,
+		QuarantineBadPieces:      3,
+		SlowParentRatio:          0.2,
+		SlowParentMinSamples:     3,
+		ParentFailureLimit:       3,
+		AvoidTTL:                 30 * time.Second,
+		TokenTTL:                 10 * time.Minute,
+		ReportInterval:           100 * time.Millisecond,
+		HostTimeout:              30 * time.Second,
+		HousekeepingInterval:     time.Second,
+		BackToSourceWhenNoSeeder: true,
+		FailureCacheTTL:          5 * time.Second,
+		MaxTasksPerHost:          10000,
+		Weights:                  DefaultWeights(),
+	}
+}
+
+// DefaultWeights returns the default scoring weights.
+func DefaultWeights() Weights {
+	return Weights{Useful: 100, Zone: 20, Throughput: 10, Load: 2, Failure: 15}
+}
+
+// Validate checks the configuration; errors wrap errdefs.ErrInvalid.
+func (c Config) Validate() error {
+	bad := func(f string, args ...any) error {
+		return fmt.Errorf("scheduler config: "+f+": %w", append(args, errdefs.ErrInvalid)...)
+	}
+	switch {
+	case c.MaxParents < 1 || c.MaxParents > 64:
+		return bad("max_parents %d not in 1..64", c.MaxParents)
+	case c.QuarantineBadPieces < 1:
+		return bad("quarantine_bad_pieces %d < 1", c.QuarantineBadPieces)
+	case c.SlowParentRatio < 0 || c.SlowParentRatio >= 1:
+		return bad("slow_parent_ratio %v not in [0,1)", c.SlowParentRatio)
+	case c.SlowParentMinSamples < 1:
+		return bad("slow_parent_min_samples %d < 1", c.SlowParentMinSamples)
+	case c.ParentFailureLimit < 1:
+		return bad("parent_failure_limit %d < 1", c.ParentFailureLimit)
+	case c.AvoidTTL < 0:
+		return bad("avoid_ttl %v < 0", c.AvoidTTL)
+	case c.TokenTTL < 10*time.Second:
+		return bad("token_ttl %v < 10s", c.TokenTTL)
+	case c.ReportInterval <= 0 || c.ReportInterval > time.Minute:
+		return bad("report_interval %v not in (0,1m]", c.ReportInterval)
+	case c.HostTimeout <= 0:
+		return bad("host_timeout %v <= 0", c.HostTimeout)
+	case c.HousekeepingInterval <= 0:
+		return bad("housekeeping_interval %v <= 0", c.HousekeepingInterval)
+	case c.FailureCacheTTL < 0 || c.FailureCacheTTL > 5*time.Minute:
+		return bad("failure_cache_ttl %v not in [0,5m]", c.FailureCacheTTL)
+	case c.MaxTasksPerHost < 1:
+		return bad("max_tasks_per_host %d < 1", c.MaxTasksPerHost)
+	case c.Weights.Useful <= 0 || c.Weights.Zone < 0 || c.Weights.Throughput < 0 || c.Weights.Load < 0 || c.Weights.Failure < 0:
+		return bad("weights must be >= 0 (useful > 0)")
+	}
+	return nil
+}

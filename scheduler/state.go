@@ -1,0 +1,144 @@
+package scheduler
+
+import (
+	"math"
+	"time"
+
+	schedulerv1 "github.com/pouchfly/pouchfly/api/scheduler/v1"
+	"github.com/pouchfly/pouchfly/piece"
+)
+
+// host is a connected host (peer agent or CDN). Hosts are global; a host's
+// per-task state lives in its peers.
+type host struct {
+	info HostInfo
+	hash uint64
+	addr string
+
+	lastSeen      time.Time
+	activeUploads int
+	children      int              // children across all tasks
+	peers         map[string]*peer // by task ID
+
+	tp        float64 // upload throughput EWMA, bytes/s
+	failScore float64 // decaying count of network failures
+	failAt    time.Time
+
+	badPieces   int
+	badSeen     map[string]struct{} // task|piece|reporter already counted
+	quarantined bool
+
+	bytesServed, bytesReceived uint64
+}
+
+const failHalfLife = 30 * time.Second
+
+// failures returns the decayed host-wide failure count.
+func (h *host) failures(now time.Time) int {
+	if h.failScore == 0 {
+		return 0
+	}
+	dt := now.Sub(h.failAt)
+	return int(h.failScore * math.Exp2(-float64(dt)/float64(failHalfLife)))
+}
+
+func (h *host) addFailure(now time.Time) {
+	if h.failScore > 0 {
+		h.failScore *= math.Exp2(-float64(now.Sub(h.failAt)) / float64(failHalfLife))
+	}
+	h.failScore++
+	h.failAt = now
+}
+
+type seedState int
+
+const (
+	seedNone seedState = iota
+	seedRunning
+	seedDone
+	seedFailed
+)
+
+func (s seedState) String() string {
+	return [...]string{"none", "seeding", "done", "failed"}[s]
+}
+
+// task is one swarm. It owns its peers, so a task can later be owned by one
+// supernode of a cluster (sharding by task ID).
+type task struct {
+	id        string
+	length    int64 // -1 while unknown
+	pieceSize int32 // 0 while unknown
+	digest    string
+	sums      [][]byte
+	known     piece.Bitmap // pieces whose digest is known
+	nKnown    int
+	complete  bool
+	public    bool // first seed request carried no headers
+
+	seed     seedState
+	failure  *schedulerv1.TaskError
+	failedAt time.Time
+
+	peers     map[string]*peer // by host ID, CDN included
+	list      []*peer          // same peers, for cheap iteration
+	cdn       *peer
+	doneCount int // non-CDN peers holding the whole task
+	created   time.Time
+}
+
+// count is the number of pieces, -1 while unknown.
+func (t *task) count() int {
+	if t.length < 0 || t.pieceSize <= 0 {
+		return -1
+	}
+	return piece.Count(t.length, t.pieceSize)
+}
+
+// allKnown reports whether every piece's digest is known.
+func (t *task) allKnown() bool {
+	n := t.count()
+	return n >= 0 && t.nKnown >= n
+}
+
+// peer is a host's membership in a task.
+type peer struct {
+	host *host
+	task *task
+	idx  int // in task.list
+
+	req      *SeedRequest // the host's registration (headers in memory only)
+	admitted bool
+	done     bool
+	gone     bool
+	bitmap   piece.Bitmap
+
+	parents  []*peer
+	children map[*peer]struct{}
+	links    map[string]*LinkStats // by parent host ID
+	avoid    map[string]time.Time  // parent host ID -> until
+
+	tokenExpiry time.Time
+}
+
+func (p *peer) link(parent string) *LinkStats {
+	if p.links == nil {
+		p.links = map[string]*LinkStats{}
+	}
+	l := p.links[parent]
+	if l == nil {
+		l = &LinkStats{}
+		p.links[parent] = l
+	}
+	return l
+}
+
+func (p *peer) isCDN() bool { return p.host.info.CDN }
+
+// ewma folds sample x into avg (0: no value yet).
+func ewma(avg, x float64) float64 {
+	if avg == 0 {
+		return x
+	}
+	return 0.7*avg + 0.3*x
+}

@@ -1,0 +1,41 @@
+package supernode
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the session layer's Prometheus collectors (unregistered:
+// pass Collectors to a registry).
+type Metrics struct {
+	// Sessions is the number of live host sessions.
+	Sessions prometheus.Gauge
+	// Rejected counts streams refused before a session started (no or bad
+	// Hello, host refused).
+	Rejected prometheus.Counter
+	// Overflows counts sessions ended because their outbound queue filled.
+	Overflows prometheus.Counter
+	// Dropped counts packets for hosts without a (live) session.
+	Dropped prometheus.Counter
+	// PacketsIn and PacketsOut count packets received and sent.
+	PacketsIn, PacketsOut prometheus.Counter
+}
+
+// NewMetrics returns unregistered collectors.
+func NewMetrics() *Metrics {
+	const ns, sub = "pouchfly", "supernode"
+	c := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help})
+	}
+	return &Metrics{
+		Sessions: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "sessions",
+			Help: "Live host sessions."}),
+		Rejected:   c("sessions_rejected_total", "Streams refused before a session started."),
+		Overflows:  c("queue_overflows_total", "Sessions ended because their outbound queue filled."),
+		Dropped:    c("packets_dropped_total", "Packets for hosts without a live session."),
+		PacketsIn:  c("packets_received_total", "Packets received from hosts."),
+		PacketsOut: c("packets_sent_total", "Packets sent to hosts."),
+	}
+}
+
+// Collectors returns every collector.
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.Sessions, m.Rejected, m.Overflows, m.Dropped, m.PacketsIn, m.PacketsOut}
+}

@@ -1,0 +1,336 @@
+package supernode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+
+	schedulerv1 "github.com/pouchfly/pouchfly/api/scheduler/v1"
+	"github.com/pouchfly/pouchfly/cdn"
+	"github.com/pouchfly/pouchfly/internal/clock"
+	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/internal/tasktoken"
+	"github.com/pouchfly/pouchfly/piece"
+	"github.com/pouchfly/pouchfly/scheduler"
+)
+
+// NodeConfig is supernode.yaml: the listeners and every package's section.
+type NodeConfig struct {
+	// Listen is the gRPC scheduler address hosts connect to.
+	Listen string `yaml:"listen"`
+	// PieceListen is the CDN's piece server (the data plane).
+	PieceListen string `yaml:"piece_listen"`
+	// AdvertiseIP is the address hosts reach the piece server at; empty:
+	// the piece listener's address (or 127.0.0.1 when it listens on all).
+	AdvertiseIP string `yaml:"advertise_ip"`
+	// HTTPListen serves /metrics and /healthz ("" to disable).
+	HTTPListen string `yaml:"http_listen"`
+	// DataDir holds the CDN's piece cache.
+	DataDir string `yaml:"data_dir"`
+	// CDNEnabled seeds tasks from the supernode; off, hosts go back to
+	// source themselves.
+	CDNEnabled bool `yaml:"cdn_enabled"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level"`
+	// Session tunes the gRPC session layer.
+	Session Config `yaml:"session"`
+	// Scheduler tunes parent choice.
+	Scheduler scheduler.Config `yaml:"scheduler"`
+	// CDN tunes the seeder.
+	CDN cdn.Config `yaml:"cdn"`
+	// UploadMaxConcurrent caps the CDN's concurrent piece uploads.
+	UploadMaxConcurrent int `yaml:"upload_max_concurrent"`
+}
+
+// DefaultNodeConfig returns the defaults `supernode config default` prints.
+func DefaultNodeConfig() NodeConfig {
+	return NodeConfig{
+		Listen:              "0.0.0.0:8002",
+		PieceListen:         "0.0.0.0:8001",
+		HTTPListen:          "0.0.0.0:8080",
+		DataDir:             "/var/lib/pouchfly/supernode",
+		CDNEnabled:          true,
+		LogLevel:            "info",
+		Session:             DefaultConfig(),
+		Scheduler:           scheduler.DefaultConfig(),
+		CDN:                 cdn.DefaultConfig(),
+		UploadMaxConcurrent: 256,
+	}
+}
+
+// Validate reports the first invalid field.
+func (c NodeConfig) Validate() error {
+	for name, a := range map[string]string{"listen": c.Listen, "piece_listen": c.PieceListen} {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("supernode config: %s %q: %w", name, a, errdefs.ErrInvalid)
+		}
+	}
+	if c.HTTPListen != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPListen); err != nil {
+			return fmt.Errorf("supernode config: http_listen %q: %w", c.HTTPListen, errdefs.ErrInvalid)
+		}
+	}
+	if c.AdvertiseIP != "" && net.ParseIP(c.AdvertiseIP) == nil {
+		return fmt.Errorf("supernode config: advertise_ip %q: %w", c.AdvertiseIP, errdefs.ErrInvalid)
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("supernode config: data_dir is empty: %w", errdefs.ErrInvalid)
+	}
+	if c.UploadMaxConcurrent < 1 {
+		return fmt.Errorf("supernode config: upload_max_concurrent must be ≥ 1: %w", errdefs.ErrInvalid)
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return fmt.Errorf("supernode config: log_level %q: %w", c.LogLevel, errdefs.ErrInvalid)
+	}
+	if err := c.Session.Validate(); err != nil {
+		return err
+	}
+	if err := c.Scheduler.Validate(); err != nil {
+		return err
+	}
+	return c.CDN.Validate()
+}
+
+// NodeOptions are a Node's optional dependencies.
+type NodeOptions struct {
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// OriginClient is the CDN's HTTP client; nil: sane defaults.
+	OriginClient *http.Client
+	// Clock defaults to the wall clock.
+	Clock clock.Clock
+}
+
+// Node is a whole supernode: session server, scheduler, CDN and its piece
+// server, metrics. New listens at once (addresses are known); Run serves.
+type Node struct {
+	cfg   NodeConfig
+	log   *slog.Logger
+	sched *scheduler.Scheduler
+	srv   *Server
+	cdn   *cdn.CDN
+	store *piece.DiskStore
+
+	grpcLn, pieceLn, httpLn net.Listener
+	grpcSrv                 *grpc.Server
+	pieceSrv, httpSrv       *http.Server
+	cdnEgress               atomic.Int64
+	cdnEgressMetric         prometheus.Counter
+	registry                *prometheus.Registry
+}
+
+// NewNode builds a supernode.
+func NewNode(cfg NodeConfig, opts NodeOptions) (n *Node, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	clk := opts.Clock
+	if clk == nil {
+		clk = clock.Real{}
+	}
+	n = &Node{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			n.closeListeners()
+			if n.store != nil {
+				n.store.Close()
+			}
+		}
+	}()
+	if n.grpcLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("scheduler listener: %w", err)
+	}
+	if n.pieceLn, err = net.Listen("tcp", cfg.PieceListen); err != nil {
+		return nil, fmt.Errorf("piece listener: %w", err)
+	}
+	if cfg.HTTPListen != "" {
+		if n.httpLn, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
+			return nil, fmt.Errorf("http listener: %w", err)
+		}
+	}
+	if n.store, err = piece.NewDiskStore(filepath.Join(cfg.DataDir, "cdn"), clk); err != nil {
+		return nil, fmt.Errorf("cdn store: %w", err)
+	}
+	signer, err := tasktoken.NewSigner(nil)
+	if err != nil {
+		return nil, err
+	}
+	if n.srv, err = NewServer(cfg.Session); err != nil {
+		return nil, err
+	}
+	n.srv.SetLogger(log)
+	var seeder scheduler.Seeder
+	rep := &Reporter{}
+	if cfg.CDNEnabled {
+		client := opts.OriginClient
+		if client == nil {
+			client = &http.Client{Transport: &http.Transport{
+				Proxy:               http.ProxyFromEnvironment,
+				DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+				TLSHandshakeTimeout: 10 * time.Second,
+				MaxIdleConnsPerHost: 16,
+				ReadBufferSize:      256 << 10,
+			}}
+		}
+		if n.cdn, err = cdn.New(cfg.CDN, n.store, client, rep, clk, cdn.WithLogger(log)); err != nil {
+			return nil, err
+		}
+		seeder = CDNSeeder{CDN: n.cdn}
+	}
+	if n.sched, err = scheduler.New(cfg.Scheduler, n.srv, seeder, signer, clk); err != nil {
+		return nil, err
+	}
+	n.sched.SetLogger(log)
+	rep.Attach(n.sched)
+	n.srv.SetBackend(n.sched)
+	if cfg.CDNEnabled {
+		ip := cfg.AdvertiseIP
+		if ip == "" {
+			ip = "127.0.0.1"
+			if ta := n.pieceLn.Addr().(*net.TCPAddr); !ta.IP.IsUnspecified() {
+				ip = ta.IP.String()
+			}
+		}
+		if err := n.sched.AddHost(scheduler.HostInfo{
+			ID: "cdn-" + cfg.Scheduler.SupernodeID, Hostname: "cdn", IP: ip,
+			UploadPort: n.pieceLn.Addr().(*net.TCPAddr).Port, CDN: true,
+		}); err != nil {
+			return nil, err
+		}
+	}
+	n.grpcSrv = grpc.NewServer(n.srv.ServerOptions()...)
+	schedulerv1.RegisterSchedulerServer(n.grpcSrv, n.srv)
+
+	n.cdnEgressMetric = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "pouchfly", Subsystem: "cdn", Name: "upload_bytes_total",
+		Help: "Piece bytes the supernode's CDN served to hosts.",
+	})
+	pub := signer.Public()
+	h := piece.NewHandler(n.store, piece.ServerOptions{
+		Authorize: func(r *http.Request, task string) (string, error) {
+			return tasktoken.Verify(pub, r.Header.Get(piece.TokenHeader), task, clk.Now())
+		},
+		MaxConcurrent: cfg.UploadMaxConcurrent,
+		OnServed: func(task string, _ int, b int64, _ string) {
+			n.cdnEgress.Add(b)
+			n.cdnEgressMetric.Add(float64(b))
+		},
+	})
+	pmux := http.NewServeMux()
+	h.Register(pmux)
+	n.pieceSrv = &http.Server{Handler: pmux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
+
+	n.registry = prometheus.NewRegistry()
+	n.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), n.cdnEgressMetric)
+	n.registry.MustRegister(n.sched.Metrics().Collectors()...)
+	n.registry.MustRegister(n.srv.Metrics().Collectors()...)
+	if n.cdn != nil {
+		n.registry.MustRegister(n.cdn.Collectors()...)
+	}
+	hmux := http.NewServeMux()
+	hmux.Handle("GET /metrics", promhttp.HandlerFor(n.registry, promhttp.HandlerOpts{}))
+	hmux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	n.httpSrv = &http.Server{Handler: hmux, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10}
+	return n, nil
+}
+
+func (n *Node) closeListeners() {
+	for _, l := range []net.Listener{n.grpcLn, n.pieceLn, n.httpLn} {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
+// Addr returns the gRPC address hosts connect to.
+func (n *Node) Addr() string { return n.grpcLn.Addr().String() }
+
+// HTTPAddr returns the metrics/API address ("" when disabled).
+func (n *Node) HTTPAddr() string {
+	if n.httpLn == nil {
+		return ""
+	}
+	return n.httpLn.Addr().String()
+}
+
+// PieceAddr returns the CDN piece server's address.
+func (n *Node) PieceAddr() string { return n.pieceLn.Addr().String() }
+
+// CDNEgress returns the piece bytes the CDN has served.
+func (n *Node) CDNEgress() int64 { return n.cdnEgress.Load() }
+
+// Scheduler returns the scheduler (dashboard, tests).
+func (n *Node) Scheduler() *scheduler.Scheduler { return n.sched }
+
+// Registry returns the node's Prometheus registry.
+func (n *Node) Registry() *prometheus.Registry { return n.registry }
+
+// HTTPMux lets later features (dashboard, preheat API) add routes; call
+// before Run.
+func (n *Node) HTTPMux() *http.ServeMux { return n.httpSrv.Handler.(*http.ServeMux) }
+
+// Run serves until ctx ends, then stops everything and returns.
+func (n *Node) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 4)
+	var wg sync.WaitGroup
+	serve := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	serve("scheduler", func() error { return n.sched.Run(ctx) })
+	if n.cdn != nil {
+		serve("cdn", func() error { return n.cdn.Run(ctx) })
+	}
+	serve("grpc", func() error { return n.grpcSrv.Serve(n.grpcLn) })
+	serve("pieces", func() error { return n.pieceSrv.Serve(n.pieceLn) })
+	if n.httpLn != nil {
+		serve("http", func() error { return n.httpSrv.Serve(n.httpLn) })
+	}
+	n.log.Info("supernode up", "scheduler", n.Addr(), "pieces", n.PieceAddr(), "http", n.HTTPAddr())
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	cancel()
+	stopped := make(chan struct{})
+	go func() { n.grpcSrv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(2 * time.Second):
+		n.grpcSrv.Stop()
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer scancel()
+	n.pieceSrv.Shutdown(sctx)
+	n.httpSrv.Shutdown(sctx)
+	n.pieceSrv.Close()
+	wg.Wait()
+	n.store.Close()
+	return err
+}
