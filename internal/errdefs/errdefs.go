@@ -19,4 +19,3 @@ var (
 	// ErrNoSpace: a local store is full.
 	ErrNoSpace = errors.New("no space left")
 )
-
