@@ -277,6 +277,8 @@ func (p *Peer) Run(ctx context.Context) error {
 	p.upload.Shutdown(sctx)
 	wg.Wait()
 	p.wg.Wait()
+	p.pieceClient.CloseIdleConnections()
+	p.origin.CloseIdleConnections()
 	return err
 }
 

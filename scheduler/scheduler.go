@@ -960,6 +960,7 @@ func (s *Scheduler) badPieceLocked(par *host, reporter *peer, n int) {
 	par.badPieces++
 	log.Warn("bad piece", "bad_pieces", par.badPieces)
 	if par.badPieces >= s.cfg.QuarantineBadPieces && !par.quarantined {
+		par.quarantinedAt = par.badPieces
 		s.quarantineLocked(par)
 	}
 }

@@ -30,14 +30,18 @@ type HostSnapshot struct {
 	CDN      bool              `json:"cdn"`
 	Version  string            `json:"version"`
 	// State is "active" or "quarantined".
-	State         string    `json:"state"`
-	BadPieces     int       `json:"bad_pieces"`
-	BytesServed   uint64    `json:"bytes_served"`
-	BytesReceived uint64    `json:"bytes_received"`
-	Tasks         int       `json:"tasks"`
-	Children      int       `json:"children"`
-	UploadBps     float64   `json:"upload_bps"`
-	LastSeen      time.Time `json:"last_seen"`
+	State     string `json:"state"`
+	BadPieces int    `json:"bad_pieces"`
+	// QuarantinedAfter is the bad-piece count that triggered quarantine
+	// (0 when not quarantined); later reports of pieces already in flight
+	// still raise BadPieces.
+	QuarantinedAfter int       `json:"quarantined_after,omitempty"`
+	BytesServed      uint64    `json:"bytes_served"`
+	BytesReceived    uint64    `json:"bytes_received"`
+	Tasks            int       `json:"tasks"`
+	Children         int       `json:"children"`
+	UploadBps        float64   `json:"upload_bps"`
+	LastSeen         time.Time `json:"last_seen"`
 }
 
 // TaskSnapshot describes one task.
@@ -81,7 +85,7 @@ func (s *Scheduler) Snapshot() Snapshot {
 		snap.Hosts = append(snap.Hosts, HostSnapshot{
 			ID: h.info.ID, Hostname: h.info.Hostname, Addr: h.addr, Zone: h.info.Zone,
 			Labels: maps.Clone(h.info.Labels), CDN: h.info.CDN, Version: h.info.Version,
-			State: state, BadPieces: h.badPieces, BytesServed: h.bytesServed, BytesReceived: h.bytesReceived,
+			State: state, BadPieces: h.badPieces, QuarantinedAfter: h.quarantinedAt, BytesServed: h.bytesServed, BytesReceived: h.bytesReceived,
 			Tasks: len(h.peers), Children: h.children, UploadBps: h.tp, LastSeen: h.lastSeen,
 		})
 	}

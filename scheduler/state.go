@@ -24,9 +24,11 @@ type host struct {
 	failScore float64 // decaying count of network failures
 	failAt    time.Time
 
-	badPieces   int
-	badSeen     map[string]struct{} // task|piece|reporter already counted
-	quarantined bool
+	badPieces int
+	// quarantinedAt is badPieces when the host was quarantined.
+	quarantinedAt int
+	badSeen       map[string]struct{} // task|piece|reporter already counted
+	quarantined   bool
 
 	bytesServed, bytesReceived uint64
 }
