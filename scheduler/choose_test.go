@@ -48,6 +48,7 @@ var (
 	isCDN     = func(c *Candidate) { c.CDN = true }
 	seeding   = func(c *Candidate) { c.Seeding = true }
 	quarant   = func(c *Candidate) { c.Quarantined = true }
+	dl        = func(c *Candidate) { c.Downloading = true }
 	zoneA     = func(c *Candidate) { c.Zone = "a" }
 	load      = func(n int) func(*Candidate) { return func(c *Candidate) { c.Load = n } }
 	failures  = func(n int) func(*Candidate) { return func(c *Candidate) { c.Failures = n } }
@@ -73,6 +74,16 @@ func TestChooseParents(t *testing.T) {
 			name:  "cdn is the only source",
 			child: emptyKid, cands: []Candidate{fullCDN, cand("p1", nil), cand("p2", nil)}, max: 5,
 			want: []string{"cdn"},
+		},
+		{
+			name:  "peers still downloading are parents before they hold anything",
+			child: emptyKid, cands: []Candidate{cand("cdn", nil, isCDN, seeding), cand("p1", nil, dl), cand("p2", nil)}, max: 5,
+			want: []string{"p1", "cdn"},
+		},
+		{
+			name:  "a useful peer ranks before an empty downloading one",
+			child: emptyKid, cands: []Candidate{cand("p1", nil, dl), cand("p2", bm(1, 2), dl)}, max: 1,
+			want: []string{"p2"},
 		},
 		{
 			name:  "seeding cdn with nothing yet is still a parent",

@@ -1,0 +1,47 @@
+package tasktoken
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pouchfly/pouchfly/internal/errdefs"
+)
+
+func TestSignVerify(t *testing.T) {
+	s, err := NewSigner(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := NewSigner(nil)
+	now := time.Unix(1_800_000_000, 0)
+	tok := s.Sign("task1", "hostA", now.Add(time.Minute))
+	if h, err := Verify(s.Public(), tok, "task1", now); err != nil || h != "hostA" {
+		t.Fatalf("Verify = %q, %v", h, err)
+	}
+	tampered := []byte(tok)
+	tampered[3] ^= 1
+	for name, c := range map[string]struct {
+		tok, task string
+		now       time.Time
+		key       []byte
+	}{
+		"expired":        {tok, "task1", now.Add(2 * time.Minute), s.Public()},
+		"other task":     {tok, "task2", now, s.Public()},
+		"other key":      {tok, "task1", now, other.Public()},
+		"tampered":       {string(tampered), "task1", now, s.Public()},
+		"empty":          {"", "task1", now, s.Public()},
+		"no dot":         {"abc", "task1", now, s.Public()},
+		"oversized":      {strings.Repeat("a", MaxLen+1), "task1", now, s.Public()},
+		"no key":         {tok, "task1", now, nil},
+		"garbage base64": {"!!!.???", "task1", now, s.Public()},
+	} {
+		if _, err := Verify(c.key, c.tok, c.task, c.now); !errors.Is(err, errdefs.ErrForbidden) {
+			t.Errorf("%s: err = %v, want ErrForbidden", name, err)
+		}
+	}
+	if _, err := NewSigner([]byte("short")); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("short key: %v", err)
+	}
+}
