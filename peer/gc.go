@@ -44,6 +44,9 @@ func (p *Peer) GC(ctx context.Context) int64 {
 	for id := range p.tasks {
 		busy[id] = true
 	}
+	for id := range p.reading {
+		busy[id] = true
+	}
 	p.mu.Unlock()
 	sort.Slice(stats, func(i, j int) bool { return stats[i].LastAccess.Before(stats[j].LastAccess) })
 	var used int64

@@ -51,10 +51,11 @@ type Peer struct {
 	gcKick  chan struct{}
 	started chan struct{}
 
-	mu    sync.Mutex
-	ctx   context.Context
-	tasks map[string]*task
-	wg    sync.WaitGroup
+	mu      sync.Mutex
+	ctx     context.Context
+	tasks   map[string]*task
+	reading map[string]int // open streams per task: GC keeps these
+	wg      sync.WaitGroup
 }
 
 // Options are a Peer's optional dependencies.
@@ -80,7 +81,7 @@ func New(cfg Config, store piece.Store, opts Options) (*Peer, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	p := &Peer{cfg: cfg, store: store, metrics: newMetrics(), tasks: map[string]*task{}, gcKick: make(chan struct{}, 1), started: make(chan struct{})}
+	p := &Peer{cfg: cfg, store: store, metrics: newMetrics(), tasks: map[string]*task{}, reading: map[string]int{}, gcKick: make(chan struct{}, 1), started: make(chan struct{})}
 	var err error
 	if p.hostID, err = loadHostID(cfg); err != nil {
 		return nil, err
@@ -432,11 +433,18 @@ func (p *Peer) Download(ctx context.Context, req Request) (*Stream, error) {
 		p.wg.Add(1)
 		go func() { defer p.wg.Done(); t.run(rctx) }()
 	}
+	p.reading[id]++
 	p.mu.Unlock()
-	t.mu.Lock()
-	t.refs++
-	t.mu.Unlock()
 	return newStream(ctx, p, t, req.Digest), nil
+}
+
+// streamClosed drops a reader's hold on a task.
+func (p *Peer) streamClosed(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.reading[id]--; p.reading[id] <= 0 {
+		delete(p.reading, id)
+	}
 }
 
 // taskEnded forgets a finished task; its store data stays for later

@@ -208,8 +208,6 @@ func (s *Stream) Close() error {
 	if s.cur != nil {
 		s.cur.Close()
 	}
-	s.t.mu.Lock()
-	s.t.refs--
-	s.t.mu.Unlock()
+	s.p.streamClosed(s.t.id)
 	return nil
 }

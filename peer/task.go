@@ -93,7 +93,6 @@ type task struct {
 	done     bool
 	err      error
 	changed  chan struct{} // closed and replaced on every change
-	refs     int           // open streams
 	received map[string]int64
 
 	// run-goroutine state
@@ -106,6 +105,7 @@ type task struct {
 	bsDone       chan error
 	registered   bool
 	lastProgress time.Time
+	localFails   int
 	downSince    time.Time
 	rng          *rand.Rand
 }
@@ -223,7 +223,9 @@ func (t *task) loop(ctx context.Context) error {
 				return err
 			}
 		case r := <-t.results:
-			t.handleResult(r)
+			if err := t.handleResult(r); err != nil {
+				return err
+			}
 		case err := <-t.bsDone:
 			t.bsDone = nil
 			if err != nil {
@@ -608,7 +610,12 @@ func (t *task) fetch(ctx context.Context, n int, ps *parentState) {
 	}()
 }
 
-func (t *task) handleResult(r pieceResult) {
+// maxLocalFailures is how many pieces in a row may fail to be stored (disk
+// full even after GC) before the task gives up.
+const maxLocalFailures = 3
+
+// handleResult accounts a finished piece download; an error ends the task.
+func (t *task) handleResult(r pieceResult) error {
 	ps := t.parents[r.parent]
 	if ps != nil {
 		ps.inflight--
@@ -619,7 +626,7 @@ func (t *task) handleResult(r pieceResult) {
 		delete(t.inflight, r.n)
 	}
 	if errors.Is(r.err, context.Canceled) {
-		return // an endgame loser, or shutdown
+		return nil // an endgame loser, or shutdown
 	}
 	res := &schedulerv1.PieceResult{Piece: uint32(r.n), ParentId: r.parent, Bytes: uint64(r.bytes), CostMs: uint32(r.cost.Milliseconds())}
 	if r.err == nil {
@@ -644,13 +651,21 @@ func (t *task) handleResult(r pieceResult) {
 		t.notify()
 		t.mu.Unlock()
 		t.reports = append(t.reports, res)
-		return
+		t.localFails = 0
+		return nil
 	}
 	res.Failure = classify(r.err)
 	t.reports = append(t.reports, res)
 	t.p.metrics.pieceFailures.WithLabelValues(res.Failure.String()).Inc()
+	if res.Failure == schedulerv1.Failure_FAILURE_LOCAL {
+		t.localFails++
+		t.p.gcSoon()
+		if t.localFails >= maxLocalFailures {
+			return &TaskError{Class: errdefs.ErrNoSpace, Msg: fmt.Sprintf("task %s: cannot store pieces: %v", t.id, r.err)}
+		}
+	}
 	if ps == nil {
-		return
+		return nil
 	}
 	ps.fails++
 	drop := false
@@ -661,8 +676,7 @@ func (t *task) handleResult(r pieceResult) {
 	case schedulerv1.Failure_FAILURE_NOT_FOUND:
 		ps.bitmap.Clear(r.n)
 	case schedulerv1.Failure_FAILURE_LOCAL:
-		ps.fails--
-		t.p.gcSoon()
+		ps.fails-- // not the parent's fault
 	default:
 		drop = ps.fails >= 3
 	}
@@ -676,6 +690,7 @@ func (t *task) handleResult(r pieceResult) {
 		t.flushReports()
 		t.p.sess.Send(&schedulerv1.PeerPacket{Body: &schedulerv1.PeerPacket_NeedParents{NeedParents: &schedulerv1.NeedParents{TaskId: t.id, Failed: []string{r.parent}}}})
 	}
+	return nil
 }
 
 func classify(err error) schedulerv1.Failure {

@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -171,3 +172,6 @@ func (s *Server) Close() error {
 	}
 	return s.srv.Close()
 }
+
+// Itoa names generated files ("0", "1", …).
+func Itoa(n int) string { return strconv.Itoa(n) }
