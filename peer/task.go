@@ -105,6 +105,7 @@ type task struct {
 	bsDone       chan error
 	registered   bool
 	lastProgress time.Time
+	lastHeld     int
 	localFails   int
 	downSince    time.Time
 	rng          *rand.Rand
@@ -262,6 +263,13 @@ func (t *task) tick(ctx context.Context, refresh bool) error {
 	if refresh && t.registered && !t.backSource && t.p.sess.Up() {
 		t.p.sess.Send(&schedulerv1.PeerPacket{Body: &schedulerv1.PeerPacket_NeedParents{NeedParents: &schedulerv1.NeedParents{TaskId: t.id}}})
 	}
+	// Progress is any new piece, from a parent or from the origin.
+	t.mu.Lock()
+	held := t.have.Count()
+	t.mu.Unlock()
+	if held != t.lastHeld {
+		t.lastHeld, t.lastProgress = held, time.Now()
+	}
 	if time.Since(t.lastProgress) > t.p.cfg.StallTimeout {
 		return &TaskError{Class: errdefs.ErrUnavailable, Msg: fmt.Sprintf("task %s: no progress for %s", t.id, t.p.cfg.StallTimeout)}
 	}
@@ -418,6 +426,15 @@ func (t *task) handleParents(ps *schedulerv1.ParentSet) {
 		st := &parentState{id: p.HostId, addr: p.Addr, cdn: p.Cdn, bitmap: piece.Bitmap(append([]byte(nil), p.Bitmap...))}
 		if old != nil {
 			st.inflight, st.fails, st.bytes, st.busy = old.inflight, old.fails, old.bytes, old.busy
+			// Hosts only gain pieces (a lost one shows as NOT_FOUND and is
+			// cleared then): keep what we heard in PieceAvailable since.
+			for i, b := range old.bitmap {
+				if i < len(st.bitmap) {
+					st.bitmap[i] |= b
+				} else {
+					st.bitmap = append(st.bitmap, b)
+				}
+			}
 		}
 		next[p.HostId] = st
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,14 +35,14 @@ func TestPieceHTTP(t *testing.T) {
 		}
 	}
 	signer, _ := tasktoken.NewSigner(nil)
-	served := 0
+	var served atomic.Int64
 	h := piece.NewHandler(store, piece.ServerOptions{
 		Authorize: func(r *http.Request, task string) (string, error) {
 			return tasktoken.Verify(signer.Public(), r.Header.Get(piece.TokenHeader), task, time.Now())
 		},
 		OnServed: func(task string, n int, b int64, host string) {
 			if host == "h1" && b == 1<<20 {
-				served++
+				served.Add(1)
 			}
 		},
 	})
@@ -58,8 +59,8 @@ func TestPieceHTTP(t *testing.T) {
 	}
 	got, _ := io.ReadAll(body)
 	body.Close()
-	if !bytes.Equal(got, data[1<<20:2<<20]) || served != 1 {
-		t.Fatalf("piece 1 differs or not counted (served=%d)", served)
+	if !bytes.Equal(got, data[1<<20:2<<20]) || served.Load() != 1 {
+		t.Fatalf("piece 1 differs or not counted (served=%d)", served.Load())
 	}
 	for _, tc := range []struct {
 		name, task, tok string

@@ -55,6 +55,9 @@ type Config struct {
 	// CDNFanout is how many of the CDN's children hear of each fresh piece
 	// the CDN seeds (0: all); the rest get it from peers (super-seeding).
 	CDNFanout int `yaml:"cdn_fanout"`
+	// CDNFreshness is how long a super-seeded CDN piece stays hidden from
+	// the children it was not announced to.
+	CDNFreshness time.Duration `yaml:"cdn_freshness"`
 	// Weights tune parent scoring.
 	Weights Weights `yaml:"weights"`
 }
@@ -82,6 +85,7 @@ func DefaultConfig() Config {
 		SupernodeID:              "supernode",
 		MaxParents:               5,
 		CDNFanout:                2,
+		CDNFreshness:             3 * time.Second,
 		QuarantineBadPieces:      3,
 		SlowParentRatio:          0.2,
 		SlowParentMinSamples:     3,
@@ -113,6 +117,8 @@ func (c Config) Validate() error {
 		return bad("max_parents %d not in 1..64", c.MaxParents)
 	case c.QuarantineBadPieces < 1:
 		return bad("quarantine_bad_pieces %d < 1", c.QuarantineBadPieces)
+	case c.CDNFanout < 0 || c.CDNFreshness < 0:
+		return bad("cdn_fanout and cdn_freshness must not be negative")
 	case c.SlowParentRatio < 0 || c.SlowParentRatio >= 1:
 		return bad("slow_parent_ratio %v not in [0,1)", c.SlowParentRatio)
 	case c.SlowParentMinSamples < 1:

@@ -574,8 +574,8 @@ func (s *Scheduler) availableLocked(p *peer, pieces []uint32) {
 
 // superSeedLocked announces each fresh CDN piece to only CDNFanout of the
 // CDN's children, rotating, so the supernode sends a piece to few hosts and
-// the swarm spreads it. Children that were not told learn the CDN's full
-// bitmap at their next parent refresh (about a second), so nobody starves
+// the swarm spreads it. Other children see the piece in the CDN's bitmap
+// only once it is CDNFreshness old (parentBitmapLocked), so nobody starves
 // if the chosen ones are slow.
 func (s *Scheduler) superSeedLocked(p *peer, pieces []uint32) {
 	kids := make([]*peer, 0, len(p.children))
@@ -584,11 +584,19 @@ func (s *Scheduler) superSeedLocked(p *peer, pieces []uint32) {
 	}
 	slices.SortFunc(kids, func(a, b *peer) int { return cmp.Compare(a.host.hash, b.host.hash) })
 	per := make(map[*peer][]uint32, len(kids))
+	t := p.task
+	if t.superSeed == nil {
+		t.superSeed = map[int]superSeedNote{}
+	}
+	now := s.clk.Now()
 	for _, n := range pieces {
+		note := superSeedNote{at: now}
 		for k := 0; k < s.cfg.CDNFanout; k++ {
 			c := kids[(int(n)*s.cfg.CDNFanout+k)%len(kids)]
 			per[c] = append(per[c], n)
+			note.to = append(note.to, c)
 		}
+		t.superSeed[int(n)] = note
 	}
 	for c, ns := range per {
 		s.send(c.host, &schedulerv1.SchedulerPacket{Body: &schedulerv1.SchedulerPacket_Available{Available: &schedulerv1.PieceAvailable{
@@ -617,6 +625,28 @@ func childView(p *peer, width int) piece.Bitmap {
 		v[i] = b | ^k
 	}
 	return v
+}
+
+// parentBitmapLocked is parent q's bitmap as child sees it: limited to
+// known digests and, for the CDN, without the fresh pieces it announced to
+// other children (super-seeding) until they are CDNFreshness old.
+func (s *Scheduler) parentBitmapLocked(q, child *peer) []byte {
+	b := maskedBitmap(q)
+	t := q.task
+	if !q.isCDN() || len(t.superSeed) == 0 {
+		return b
+	}
+	now := s.clk.Now()
+	for n, note := range t.superSeed {
+		if now.Sub(note.at) >= s.cfg.CDNFreshness {
+			delete(t.superSeed, n)
+			continue
+		}
+		if !slices.Contains(note.to, child) {
+			piece.Bitmap(b).Clear(n)
+		}
+	}
+	return b
 }
 
 // maskedBitmap returns a copy of q's bitmap limited to known digests.
@@ -686,7 +716,7 @@ func (s *Scheduler) assignLocked(p *peer) {
 	ps := &schedulerv1.ParentSet{TaskId: t.id, Parents: make([]*schedulerv1.Parent, 0, len(chosen))}
 	for _, q := range chosen {
 		ps.Parents = append(ps.Parents, &schedulerv1.Parent{HostId: q.host.info.ID, Addr: q.host.addr,
-			Bitmap: maskedBitmap(q), Cdn: q.host.info.CDN, Zone: q.host.info.Zone})
+			Bitmap: s.parentBitmapLocked(q, p), Cdn: q.host.info.CDN, Zone: q.host.info.Zone})
 	}
 	s.send(p.host, &schedulerv1.SchedulerPacket{Body: &schedulerv1.SchedulerPacket_Parents{Parents: ps}})
 	s.metrics.Decision.Observe(time.Since(start).Seconds())

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pouchfly/pouchfly/piece"
 	"slices"
 	"strings"
 	"testing"
@@ -823,5 +824,25 @@ func TestCDNSuperSeeding(t *testing.T) {
 		if heard[uint32(n)] != 2 {
 			t.Errorf("piece %d announced to %d children, want 2", n, heard[uint32(n)])
 		}
+	}
+	// A parent refresh does not reveal fresh pieces to the children they
+	// were not announced to, until CDNFreshness has passed.
+	cdnBits := func(h string) piece.Bitmap {
+		e.s.NeedParents(h, &schedulerv1.NeedParents{TaskId: task})
+		for _, p := range e.rec.take(h) {
+			for _, par := range p.GetParents().GetParents() {
+				if par.Cdn {
+					return piece.Bitmap(par.Bitmap)
+				}
+			}
+		}
+		return nil
+	}
+	if got := cdnBits("h0").Count(); got >= 12 || got == 0 {
+		t.Errorf("h0 sees %d fresh CDN pieces at refresh, want only those announced to it", got)
+	}
+	e.clk.Advance(cfg.CDNFreshness)
+	if got := cdnBits("h0").Count(); got != 12 {
+		t.Errorf("after CDNFreshness h0 sees %d CDN pieces, want all 12", got)
 	}
 }

@@ -87,6 +87,15 @@ type task struct {
 	cdn       *peer
 	doneCount int // non-CDN peers holding the whole task
 	created   time.Time
+	// superSeed records, per CDN piece announced to only a few children,
+	// when and to whom (see superSeedLocked).
+	superSeed map[int]superSeedNote
+}
+
+// superSeedNote is one fresh CDN piece's announcement.
+type superSeedNote struct {
+	at time.Time
+	to []*peer
 }
 
 // count is the number of pieces, -1 while unknown.
