@@ -154,8 +154,13 @@ func (t *task) run(ctx context.Context) {
 		}
 	}
 	t.flushReports()
-	if err != nil && ctx.Err() != nil && !errors.Is(err, errdefs.ErrUnavailable) {
-		err = &TaskError{Class: errdefs.ErrUnavailable, Msg: fmt.Sprintf("task %s: timed out: %v", t.id, err)}
+	if err != nil && !errors.Is(err, errdefs.ErrUnavailable) {
+		switch {
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+			err = &TaskError{Class: errdefs.ErrUnavailable, Msg: fmt.Sprintf("task %s: timed out after %s", t.id, t.p.cfg.TaskTimeout)}
+		case ctx.Err() != nil:
+			err = &TaskError{Class: errdefs.ErrUnavailable, Msg: fmt.Sprintf("task %s: agent shutting down", t.id)}
+		}
 	}
 	t.finish(err)
 }

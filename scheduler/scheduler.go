@@ -492,6 +492,19 @@ func (s *Scheduler) admitLocked(p *peer) {
 	p.admitted = true
 	s.sendFullInfoLocked(p)
 	s.assignLocked(p)
+	// Downloading peers with a free parent slot take the newcomer too, so
+	// the first hosts of a swarm (whose only parent was the CDN) trade with
+	// later ones at once instead of at their next refresh.
+	if p.host.info.CDN {
+		return
+	}
+	for _, q := range p.task.list {
+		if q != p && !q.done && !q.gone && q.admitted && !q.isCDN() && len(q.parents) < s.cfg.MaxParents {
+			if _, already := p.children[q]; !already {
+				s.assignLocked(q)
+			}
+		}
+	}
 }
 
 func errPacket(e *schedulerv1.TaskError) *schedulerv1.SchedulerPacket {

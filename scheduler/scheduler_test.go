@@ -582,8 +582,9 @@ func TestHousekeeping(t *testing.T) {
 	e.clk.Advance(4 * time.Minute)
 	e.s.Heartbeat("a", &schedulerv1.Heartbeat{ActiveUploads: 2})
 	e.s.Housekeep()
-	if ps := e.rec.take("a"); len(ps) != 0 {
-		t.Fatalf("refresh too early: %v", ps)
+	// (a may get a new ParentSet: quiet, its parent, timed out.)
+	if ti := infos(e.rec.take("a")); len(ti) != 0 {
+		t.Fatalf("refresh too early: %v", ti)
 	}
 	e.clk.Advance(2 * time.Minute)
 	e.s.Heartbeat("a", nil)
@@ -844,5 +845,27 @@ func TestCDNSuperSeeding(t *testing.T) {
 	e.clk.Advance(cfg.CDNFreshness)
 	if got := cdnBits("h0").Count(); got != 12 {
 		t.Errorf("after CDNFreshness h0 sees %d CDN pieces, want all 12", got)
+	}
+}
+
+// The first host of a swarm (whose only parent was the CDN) takes later
+// hosts as parents as soon as they join.
+func TestEarlyHostAdoptsNewcomers(t *testing.T) {
+	e := newEnv(t, DefaultConfig(), &fakeSeeder{})
+	task := taskID(31)
+	for _, h := range []string{"a", "b", "c"} {
+		e.host(h, "")
+	}
+	e.must(e.s.Register("a", reg(task)))
+	if got := lastParents(t, e.rec.take("a")); !slices.Equal(got, []string{"cdn"}) {
+		t.Fatalf("a's first parents %v", got)
+	}
+	e.must(e.s.Register("b", reg(task)))
+	if got := lastParents(t, e.rec.take("a")); !slices.Contains(got, "b") {
+		t.Fatalf("a's parents after b joined: %v, want b among them", got)
+	}
+	e.must(e.s.Register("c", reg(task)))
+	if got := lastParents(t, e.rec.take("a")); !slices.Contains(got, "c") {
+		t.Fatalf("a's parents after c joined: %v, want c among them", got)
 	}
 }
