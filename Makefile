@@ -35,7 +35,8 @@ test: deps
 
 ## demo: origin + supernode + 8 agents on loopback distribute a 256 MiB file
 demo: build
-	$(BIN)/pouchfly-demo --size 256MiB --peers 8 --report demo-report.json
+	$(GO) build -o $(BIN)/pouchfly-demo ./test/demo
+	$(BIN)/pouchfly-demo --bin $(BIN) --size 256MiB --peers 8 --report demo-report.json
 
 ## bench-local: loopback micro-benchmarks (throughput, RSS, scheduling)
 bench-local: build
