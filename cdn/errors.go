@@ -137,3 +137,7 @@ func netErr(err error) error {
 	}
 	return err
 }
+
+// RedactError returns err's text without the URL a *url.Error carries
+// (queries and user info may hold secrets).
+func RedactError(err error) string { return netErr(err).Error() }

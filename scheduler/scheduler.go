@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"net"
@@ -382,7 +383,7 @@ func (s *Scheduler) Register(hostID string, r *schedulerv1.RegisterTask) error {
 		s.admitLocked(p)
 		return nil
 	}
-	if t.seed == seedFailed && now.Before(t.failedAt.Add(s.cfg.FailureCacheTTL)) {
+	if s.failureCachedLocked(t, req) {
 		log.Debug("replaying cached seed failure", "code", t.failure.GetCode())
 		s.failPeersLocked(t, []*peer{p}, t.failure)
 		return nil
@@ -426,10 +427,39 @@ func (s *Scheduler) hasSourceLocked(t *task) bool {
 	return (t.doneCount > 0 && t.allKnown()) || (t.seed == seedDone && t.cdn != nil)
 }
 
+// failureCachedLocked reports whether t's last seed failure still stands
+// for req. A refusal (401/403) stands only for the same credentials: a
+// host with other credentials gets its own try at the origin.
+func (s *Scheduler) failureCachedLocked(t *task, req *SeedRequest) bool {
+	if t.seed != seedFailed || !s.clk.Now().Before(t.failedAt.Add(s.cfg.FailureCacheTTL)) {
+		return false
+	}
+	return t.failure.GetCode() != schedulerv1.ErrorCode_ERROR_FORBIDDEN || t.seedCreds == headersKey(req.Headers)
+}
+
+// headersKey hashes a request's headers (credentials) for comparison.
+func headersKey(h map[string]string) string {
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, strings.ToLower(k))
+	}
+	slices.Sort(keys)
+	sum := sha256.New()
+	for _, k := range keys {
+		for hk, v := range h {
+			if strings.ToLower(hk) == k {
+				sum.Write([]byte(k + "\x00" + v + "\x00"))
+			}
+		}
+	}
+	return string(sum.Sum(nil))
+}
+
 func (s *Scheduler) startSeedLocked(t *task, req *SeedRequest) {
 	t.seed = seedRunning
 	t.failure = nil
 	t.public = len(req.Headers) == 0
+	t.seedCreds = headersKey(req.Headers)
 	if s.cdnPeerLocked(t) == nil {
 		s.log.Warn("seeding without a CDN host: peers will have no parent", "task", t.id)
 	}
@@ -458,7 +488,7 @@ func (s *Scheduler) maybeSeedLocked(p *peer) {
 	if s.hasSourceLocked(t) || t.seed == seedRunning || p.req == nil || s.seeder == nil {
 		return
 	}
-	if t.seed == seedFailed && s.clk.Now().Before(t.failedAt.Add(s.cfg.FailureCacheTTL)) {
+	if s.failureCachedLocked(t, p.req) {
 		return
 	}
 	s.startSeedLocked(t, p.req)

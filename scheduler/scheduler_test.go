@@ -869,3 +869,32 @@ func TestEarlyHostAdoptsNewcomers(t *testing.T) {
 		t.Fatalf("a's parents after c joined: %v, want c among them", got)
 	}
 }
+
+// A seed refused by the origin (401) is replayed only to hosts with the
+// same credentials; a host with other credentials gets its own seed.
+func TestForbiddenFailureIsPerCredentials(t *testing.T) {
+	sd := &fakeSeeder{}
+	e := newEnv(t, DefaultConfig(), sd)
+	task := taskID(41)
+	for _, h := range []string{"a", "b", "c"} {
+		e.host(h, "")
+	}
+	bad := reg(task)
+	bad.Headers = map[string]string{"Authorization": "Bearer wrong"}
+	e.must(e.s.Register("a", bad))
+	e.s.SeedFailed(task, &schedulerv1.TaskError{TaskId: task, Code: schedulerv1.ErrorCode_ERROR_FORBIDDEN, OriginStatus: 401})
+	if es := errs(e.rec.take("a")); len(es) != 1 || es[0].Code != schedulerv1.ErrorCode_ERROR_FORBIDDEN {
+		t.Fatalf("a got %v", es)
+	}
+	e.must(e.s.Register("c", bad)) // same wrong credentials: replayed, no new seed
+	if es := errs(e.rec.take("c")); len(es) != 1 || sd.count() != 1 {
+		t.Fatalf("c got %v, seeds %d", es, sd.count())
+	}
+	e.must(e.s.Register("b", reg(task))) // good credentials: seeds again
+	if sd.count() != 2 {
+		t.Fatalf("seeds = %d, want a second seed for other credentials", sd.count())
+	}
+	if es := errs(e.rec.take("b")); len(es) != 0 {
+		t.Fatalf("b got the other host's refusal: %v", es)
+	}
+}

@@ -76,7 +76,8 @@ type task struct {
 	known     piece.Bitmap // pieces whose digest is known
 	nKnown    int
 	complete  bool
-	public    bool // first seed request carried no headers
+	public    bool   // first seed request carried no headers
+	seedCreds string // hash of the headers of the last seed request
 
 	seed     seedState
 	failure  *schedulerv1.TaskError

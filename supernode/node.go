@@ -51,6 +51,8 @@ type NodeConfig struct {
 	Scheduler scheduler.Config `yaml:"scheduler"`
 	// CDN tunes the seeder.
 	CDN cdn.Config `yaml:"cdn"`
+	// Auth tunes the origin check that admits hosts to protected content.
+	Auth AuthConfig `yaml:"auth"`
 	// UploadMaxConcurrent caps the CDN's concurrent piece uploads.
 	UploadMaxConcurrent int `yaml:"upload_max_concurrent"`
 }
@@ -67,6 +69,7 @@ func DefaultNodeConfig() NodeConfig {
 		Session:             DefaultConfig(),
 		Scheduler:           scheduler.DefaultConfig(),
 		CDN:                 cdn.DefaultConfig(),
+		Auth:                DefaultAuthConfig(),
 		UploadMaxConcurrent: 256,
 	}
 }
@@ -95,6 +98,9 @@ func (c NodeConfig) Validate() error {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return fmt.Errorf("supernode config: log_level %q: %w", c.LogLevel, errdefs.ErrInvalid)
+	}
+	if c.Auth.PositiveTTL < 0 || c.Auth.NegativeTTL < 0 || c.Auth.Timeout <= 0 || c.Auth.MaxConcurrent < 1 || c.Auth.MaxEntries < 1 {
+		return fmt.Errorf("supernode config: auth: ttls ≥ 0, timeout > 0, max_concurrent and max_entries ≥ 1: %w", errdefs.ErrInvalid)
 	}
 	if err := c.Session.Validate(); err != nil {
 		return err
@@ -178,6 +184,7 @@ func NewNode(cfg NodeConfig, opts NodeOptions) (n *Node, err error) {
 	}
 	n.srv.SetLogger(log)
 	var seeder scheduler.Seeder
+	var auth *AuthSeeder
 	rep := &Reporter{}
 	if cfg.CDNEnabled {
 		client := opts.OriginClient
@@ -193,13 +200,17 @@ func NewNode(cfg NodeConfig, opts NodeOptions) (n *Node, err error) {
 		if n.cdn, err = cdn.New(cfg.CDN, n.store, client, rep, clk, cdn.WithLogger(log)); err != nil {
 			return nil, err
 		}
-		seeder = CDNSeeder{CDN: n.cdn}
+		auth = NewAuthSeeder(n.cdn, client, cfg.Auth, clk, log)
+		seeder = auth
 	}
 	if n.sched, err = scheduler.New(cfg.Scheduler, n.srv, seeder, signer, clk); err != nil {
 		return nil, err
 	}
 	n.sched.SetLogger(log)
 	rep.Attach(n.sched)
+	if auth != nil {
+		auth.SetAdmitter(n.sched)
+	}
 	n.srv.SetBackend(n.sched)
 	if cfg.CDNEnabled {
 		ip := cfg.AdvertiseIP
