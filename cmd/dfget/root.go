@@ -73,7 +73,7 @@ verified; on failure nothing is left behind.
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "no progress bar")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log what happens")
 	f.StringVar(&o.rng, "range", "", "download only this byte range, e.g. bytes=0-1023")
-	root.AddCommand(daemonCmd(), configCmd())
+	root.AddCommand(daemonCmd(), configCmd(), mirrorCmd())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return fmt.Errorf("%v (see dfget --help): %w", err, errdefs.ErrInvalid)
 	})
