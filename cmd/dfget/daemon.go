@@ -21,12 +21,15 @@ import (
 	"github.com/pouchfly/pouchfly/internal/errdefs"
 	"github.com/pouchfly/pouchfly/peer"
 	"github.com/pouchfly/pouchfly/piece"
+	"github.com/pouchfly/pouchfly/registryproxy"
 )
 
 // daemonConfig is dfget.yaml.
 type daemonConfig struct {
 	// Peer configures the P2P agent.
 	Peer peer.Config `yaml:"peer"`
+	// Mirror configures the OCI registry mirror (off when its listen is "").
+	Mirror registryproxy.Config `yaml:"mirror"`
 	// MetricsListen serves Prometheus /metrics ("" to disable).
 	MetricsListen string `yaml:"metrics_listen"`
 	// LogLevel is debug, info, warn or error.
@@ -34,11 +37,14 @@ type daemonConfig struct {
 }
 
 func defaultDaemonConfig() daemonConfig {
-	return daemonConfig{Peer: peer.DefaultConfig(), MetricsListen: "127.0.0.1:65003", LogLevel: "info"}
+	return daemonConfig{Peer: peer.DefaultConfig(), Mirror: registryproxy.DefaultConfig(), MetricsListen: "127.0.0.1:65003", LogLevel: "info"}
 }
 
 func (c daemonConfig) Validate() error {
 	if err := c.Peer.Validate(); err != nil {
+		return err
+	}
+	if err := c.Mirror.Validate(); err != nil {
 		return err
 	}
 	if c.MetricsListen != "" {
@@ -75,7 +81,9 @@ func daemonCmd() *cobra.Command {
 		Short: "Run the peer agent (one per host)",
 		Long: `dfget daemon is the per-host peer agent: it keeps a session to the supernode,
 downloads pieces from other hosts, serves the pieces it holds, and answers
-dfget (and the registry mirror) on its local socket.
+dfget on its local socket. It also serves an OCI registry mirror (pull only,
+mirror.listen, 127.0.0.1:65001 by default; "" turns it off) for containerd,
+docker and pouchd: manifests pass through to the registry, blobs go P2P.
 
 Configuration: defaults (dfget config default), then --config FILE (YAML),
 then POUCHFLY_* environment variables (POUCHFLY_PEER_ZONE=a), then flags.`,
@@ -94,6 +102,7 @@ then POUCHFLY_* environment variables (POUCHFLY_PEER_ZONE=a), then flags.`,
 	f.String("upload-rate", "", "upload cap, e.g. 50M (bytes/s)")
 	f.String("download-rate", "", "download cap, e.g. 50M (bytes/s)")
 	f.Bool("no-back-source", false, "never fetch from the origin directly")
+	f.String("mirror-listen", "", `registry mirror listen address ("" in the config turns it off)`)
 	c.RunE = func(cmd *cobra.Command, args []string) error {
 		cfg := defaultDaemonConfig()
 		flags := map[string]*pflag.Flag{
@@ -101,6 +110,7 @@ then POUCHFLY_* environment variables (POUCHFLY_PEER_ZONE=a), then flags.`,
 			"peer.ip": f.Lookup("ip"), "peer.data_dir": f.Lookup("data-dir"), "peer.socket": f.Lookup("socket"),
 			"peer.zone": f.Lookup("zone"), "peer.host_id": f.Lookup("host-id"), "metrics_listen": f.Lookup("metrics-listen"),
 			"peer.upload_rate": f.Lookup("upload-rate"), "peer.download_rate": f.Lookup("download-rate"),
+			"mirror.listen": f.Lookup("mirror-listen"),
 		}
 		if err := cliconfig.Load(&cfg, file, flags); err != nil {
 			return err
@@ -125,13 +135,25 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		return fmt.Errorf("store: %v: %w", err, errLocalIO)
 	}
 	defer store.Close()
-	p, err := peer.New(cfg.Peer, store, peer.Options{Logger: log})
+	// Back-to-source fetches trust the mirror's upstream CAs and never
+	// carry credentials across origins on a redirect.
+	origin, err := registryproxy.OriginClient(cfg.Mirror)
 	if err != nil {
 		return err
 	}
+	p, err := peer.New(cfg.Peer, store, peer.Options{Logger: log, OriginClient: origin})
+	if err != nil {
+		return err
+	}
+	var mirror *registryproxy.Mirror
+	if cfg.Mirror.Listen != "" {
+		if mirror, err = registryproxy.New(cfg.Mirror, p, registryproxy.Options{Logger: log}); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- p.Run(ctx) }()
 	<-p.Started()
 	go func() {
@@ -139,10 +161,20 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 			errc <- err
 		}
 	}()
+	if mirror != nil {
+		go func() {
+			if err := mirror.Run(ctx); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	if cfg.MetricsListen != "" {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		reg.MustRegister(p.Collectors()...)
+		if mirror != nil {
+			reg.MustRegister(mirror.Collectors()...)
+		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		srv := &http.Server{Addr: cfg.MetricsListen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
@@ -153,7 +185,7 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		}()
 		defer srv.Close()
 	}
-	log.Info("dfget daemon started", "host", p.HostID(), "upload", p.UploadAddr(), "socket", cfg.Peer.Socket)
+	log.Info("dfget daemon started", "host", p.HostID(), "upload", p.UploadAddr(), "socket", cfg.Peer.Socket, "mirror", cfg.Mirror.Listen)
 	select {
 	case <-ctx.Done():
 		return nil
