@@ -52,6 +52,10 @@ type Config struct {
 	// CDNParallelPieces caps piece downloads in flight from the supernode's
 	// CDN while other peers are parents too (the rest is traded).
 	CDNParallelPieces int `yaml:"cdn_parallel_pieces"`
+	// HeartbeatInterval is how often the agent reports its load (and that
+	// it is alive) to the supernode; keep it well under the supernode's
+	// host_timeout.
+	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	// PieceTimeout bounds one piece download.
 	PieceTimeout time.Duration `yaml:"piece_timeout"`
 	// TaskTimeout bounds a whole task.
@@ -85,6 +89,7 @@ func DefaultConfig() Config {
 		MaxParallelPieces: 16,
 		PerParentPieces:   4,
 		CDNParallelPieces: 2,
+		HeartbeatInterval: 5 * time.Second,
 		PieceTimeout:      60 * time.Second,
 		TaskTimeout:       time.Hour,
 		SupernodeWait:     5 * time.Second,
@@ -121,7 +126,7 @@ func (c Config) Validate() error {
 		return bad("max_parallel_pieces must be 1..256")
 	case c.PerParentPieces < 1 || c.CDNParallelPieces < 1:
 		return bad("per_parent_pieces and cdn_parallel_pieces must be ≥ 1")
-	case c.PieceTimeout <= 0 || c.TaskTimeout <= 0 || c.SupernodeWait <= 0 || c.StallTimeout <= 0:
+	case c.PieceTimeout <= 0 || c.TaskTimeout <= 0 || c.SupernodeWait <= 0 || c.StallTimeout <= 0 || c.HeartbeatInterval <= 0:
 		return bad("timeouts must be positive")
 	case c.UploadRate < 0 || c.DownloadRate < 0 || c.DiskLimit < 0:
 		return bad("rates and limits must not be negative")

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pouchfly/pouchfly/peer"
+	"github.com/pouchfly/pouchfly/supernode"
 	"github.com/pouchfly/pouchfly/test/cluster"
 	"github.com/pouchfly/pouchfly/test/origin"
 )
@@ -64,5 +65,24 @@ func TestGCKeepsStoreUnderLimitAndSparesReaders(t *testing.T) {
 	s.Close()
 	if err != nil || len(b) != 4<<20 {
 		t.Fatalf("reader after GC: %d bytes, %v", len(b), err)
+	}
+}
+
+// An idle agent keeps its session: heartbeats reach the supernode before
+// its host timeout.
+func TestHeartbeatsKeepIdleHostsConnected(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{
+		Peers: 1,
+		Node:  func(cfg *supernode.NodeConfig) { cfg.Scheduler.HostTimeout = time.Second },
+		Peer:  func(i int, cfg *peer.Config) { cfg.HeartbeatInterval = 200 * time.Millisecond },
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // three host timeouts, nothing else to say
+	if n := c.Peers[0].Sessions(); n != 1 {
+		t.Fatalf("agent opened %d sessions in 3 idle seconds; the supernode dropped it", n)
 	}
 }

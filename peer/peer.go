@@ -47,6 +47,7 @@ type Peer struct {
 
 	uploadLn net.Listener
 	upload   *http.Server
+	pieces   *piece.Handler
 
 	gcKick  chan struct{}
 	started chan struct{}
@@ -104,7 +105,7 @@ func New(cfg Config, store piece.Store, opts Options) (*Peer, error) {
 	}}
 	p.origin = opts.OriginClient
 	if p.origin == nil {
-		p.origin = &http.Client{Transport: &http.Transport{
+		p.origin = &http.Client{CheckRedirect: dropCredentialsAcrossOrigins, Transport: &http.Transport{
 			Proxy:                 http.ProxyFromEnvironment,
 			DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 			TLSHandshakeTimeout:   10 * time.Second,
@@ -119,7 +120,7 @@ func New(cfg Config, store piece.Store, opts Options) (*Peer, error) {
 	if cfg.DownloadRate > 0 {
 		p.downLimit = rate.NewLimiter(rate.Limit(cfg.DownloadRate), max(int(cfg.DownloadRate), piece.ChunkSize))
 	}
-	h := piece.NewHandler(store, piece.ServerOptions{
+	p.pieces = piece.NewHandler(store, piece.ServerOptions{
 		Authorize:     p.authorize,
 		MaxConcurrent: cfg.MaxUploads,
 		Limiter:       p.upLimit,
@@ -128,7 +129,7 @@ func New(cfg Config, store piece.Store, opts Options) (*Peer, error) {
 		},
 	})
 	mux := http.NewServeMux()
-	h.Register(mux)
+	p.pieces.Register(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	p.upload = &http.Server{
 		Handler:           mux,
@@ -138,6 +139,22 @@ func New(cfg Config, store piece.Store, opts Options) (*Peer, error) {
 	}
 	p.sess = newSession(cfg.Supernodes, opts.SupernodeCreds, p.hello, p.dispatch, p.sessionChanged, p.log)
 	return p, nil
+}
+
+// dropCredentialsAcrossOrigins follows up to 10 redirects and removes
+// credentials when a redirect changes scheme, host or port (Go's client
+// only does so when the host name changes).
+func dropCredentialsAcrossOrigins(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	first := via[0].URL
+	if req.URL.Scheme != first.Scheme || req.URL.Host != first.Host {
+		for _, h := range []string{"Authorization", "Proxy-Authorization", "Cookie"} {
+			req.Header.Del(h)
+		}
+	}
+	return nil
 }
 
 // loadHostID returns the configured ID or one kept in the data dir.
@@ -198,6 +215,10 @@ func (p *Peer) HostID() string { return p.hostID }
 func (p *Peer) UploadAddr() string {
 	return net.JoinHostPort(p.ip, fmt.Sprint(p.uploadLn.Addr().(*net.TCPAddr).Port))
 }
+
+// Sessions returns how many supernode sessions this agent has opened
+// (1 while it never lost its supernode).
+func (p *Peer) Sessions() int64 { return p.sess.established.Load() }
 
 // Connected reports whether the supernode session is up.
 func (p *Peer) Connected() bool { return p.sess.Up() }
@@ -263,9 +284,10 @@ func (p *Peer) Run(ctx context.Context) error {
 		}
 	}()
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); p.sess.Run(ctx) }()
 	go func() { defer wg.Done(); p.gcLoop(ctx) }()
+	go func() { defer wg.Done(); p.heartbeats(ctx) }()
 	p.log.Info("peer agent up", "upload", p.UploadAddr(), "supernodes", p.cfg.Supernodes)
 	var err error
 	select {
@@ -281,6 +303,22 @@ func (p *Peer) Run(ctx context.Context) error {
 	p.pieceClient.CloseIdleConnections()
 	p.origin.CloseIdleConnections()
 	return err
+}
+
+// heartbeats keeps the supernode informed of the host's upload load (and
+// that the host is alive) while the session is up.
+func (p *Peer) heartbeats(ctx context.Context) {
+	tk := time.NewTicker(p.cfg.HeartbeatInterval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+			p.sess.Send(&schedulerv1.PeerPacket{Body: &schedulerv1.PeerPacket_Heartbeat{Heartbeat: &schedulerv1.Heartbeat{
+				ActiveUploads: uint32(p.pieces.Active())}}})
+		}
+	}
 }
 
 // Started returns a channel closed once Run has started: Download works

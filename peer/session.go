@@ -42,6 +42,8 @@ type session struct {
 	welcome *schedulerv1.Welcome
 	key     atomic.Pointer[ed25519.PublicKey]
 	current string
+	// established counts sessions opened.
+	established atomic.Int64
 }
 
 func newSession(addrs []string, creds credentials.TransportCredentials, hello func() *schedulerv1.Hello, dispatch func(*schedulerv1.SchedulerPacket), onChange func(bool), log *slog.Logger) *session {
@@ -210,6 +212,7 @@ func (s *session) runOne(ctx context.Context, addr string) error {
 	for len(s.out) > 0 {
 		<-s.out
 	}
+	s.established.Add(1)
 	s.log.Info("supernode session up", "supernode", addr, "supernode_id", w.SupernodeId)
 	s.setUp(true, addr)
 	defer s.setUp(false, "")

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -332,7 +333,16 @@ func (t *task) handle(ctx context.Context, pk *schedulerv1.SchedulerPacket) erro
 		if t.backSource {
 			return nil // the origin decides now
 		}
-		return taskErrorFromProto(b.Error)
+		te := taskErrorFromProto(b.Error)
+		if errors.Is(te, errdefs.ErrDigestMismatch) {
+			// Pieces verified against the failed seed's digests are not the
+			// task's content: drop them.
+			t.mu.Lock()
+			t.have, t.metaOK = nil, false
+			t.mu.Unlock()
+			t.p.store.Delete(context.WithoutCancel(ctx), t.id)
+		}
+		return te
 	}
 	return nil
 }
@@ -510,7 +520,7 @@ func (t *task) schedule(ctx context.Context) {
 	}
 	t.rng.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
 	// Stable sort by rarity keeps the shuffle among equals.
-	sortStable(cands, func(a, b cand) bool { return a.holders < b.holders })
+	slices.SortStableFunc(cands, func(a, b cand) int { return a.holders - b.holders })
 	for _, c := range cands {
 		if budget == 0 {
 			break
@@ -533,14 +543,6 @@ func (t *task) schedule(ctx context.Context) {
 				t.fetch(ctx, n, ps)
 				budget--
 			}
-		}
-	}
-}
-
-func sortStable[T any](s []T, less func(a, b T) bool) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && less(s[j], s[j-1]); j-- {
-			s[j], s[j-1] = s[j-1], s[j]
 		}
 	}
 }

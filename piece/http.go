@@ -59,6 +59,9 @@ func NewHandler(store Store, opts ServerOptions) *Handler {
 	return h
 }
 
+// Active returns the number of uploads in flight (0 without MaxConcurrent).
+func (h *Handler) Active() int { return len(h.slots) }
+
 // Register adds the piece route to mux.
 func (h *Handler) Register(mux *http.ServeMux) { mux.Handle("GET "+PiecePath, h) }
 

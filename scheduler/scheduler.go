@@ -1363,6 +1363,16 @@ func (s *Scheduler) SeedFailed(taskID string, e *schedulerv1.TaskError) {
 	t.failure = cloneErr(e, taskID)
 	t.failedAt = s.clk.Now()
 	s.log.Info("seed failed", "task", taskID, "code", t.failure.Code, "origin_status", t.failure.OriginStatus)
+	if t.failure.Code == schedulerv1.ErrorCode_ERROR_DIGEST_MISMATCH {
+		// The seed's piece digests describe content that is not the task's:
+		// forget them and every bitmap built on them, so a later seed (the
+		// origin repaired) starts clean.
+		t.sums, t.known, t.nKnown, t.complete = nil, nil, 0, false
+		t.superSeed = nil
+		for _, p := range t.list {
+			p.bitmap = nil
+		}
+	}
 	var ps []*peer
 	for _, p := range t.list {
 		if !p.isCDN() && !p.done {

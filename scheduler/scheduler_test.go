@@ -898,3 +898,36 @@ func TestForbiddenFailureIsPerCredentials(t *testing.T) {
 		t.Fatalf("b got the other host's refusal: %v", es)
 	}
 }
+
+// After a seed fails its whole-content digest, a new seed (origin
+// repaired) is not judged against the failed seed's piece digests.
+func TestReseedAfterDigestMismatchStartsClean(t *testing.T) {
+	sd := &fakeSeeder{}
+	cfg := DefaultConfig()
+	cfg.FailureCacheTTL = time.Second
+	e := newEnv(t, cfg, sd)
+	task := taskID(51)
+	e.host("a", "")
+	e.must(e.s.Register("a", reg(task)))
+	e.s.SeedMeta(task, 2<<20, 1<<20)
+	badSum := bytes.Repeat([]byte{9}, 32)
+	e.s.SeedPiece(task, 0, badSum)
+	e.s.SeedFailed(task, &schedulerv1.TaskError{TaskId: task, Code: schedulerv1.ErrorCode_ERROR_DIGEST_MISMATCH})
+	e.rec.take("a")
+	e.clk.Advance(2 * time.Second)
+	e.must(e.s.Register("a", reg(task)))
+	if sd.count() != 2 {
+		t.Fatalf("seeds = %d, want a re-seed", sd.count())
+	}
+	e.s.SeedMeta(task, 2<<20, 1<<20)
+	e.s.SeedPiece(task, 0, sum(task, 0))
+	var got [][]byte
+	for _, ti := range infos(e.rec.take("a")) {
+		if ti.FirstPiece == 0 && len(ti.PieceSha256) > 0 {
+			got = append(got, ti.PieceSha256[0])
+		}
+	}
+	if len(got) == 0 || !bytes.Equal(got[len(got)-1], sum(task, 0)) {
+		t.Fatalf("piece 0 digests sent after the re-seed: %x, want the new one", got)
+	}
+}
