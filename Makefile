@@ -26,7 +26,7 @@ proto:
 
 ## deps: system packages the tests need (root; no-op when present)
 deps:
-	@./test/deps.sh
+	@./test/deps.sh ctr:containerd containerd:containerd skopeo:skopeo ip:iproute2 tc:iproute2 runc:runc
 
 ## test: everything CI runs
 test: deps
@@ -38,9 +38,15 @@ demo: build
 	$(GO) build -o $(BIN)/pouchfly-demo ./test/demo
 	$(BIN)/pouchfly-demo --bin $(BIN) --size 256MiB --peers 8 --report demo-report.json
 
-## bench-local: loopback micro-benchmarks (throughput, RSS, scheduling)
-bench-local: build
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/...
+## bench-local: loopback benchmarks (1 GiB p2p throughput, agent peak RSS, scheduler cost at 1000 peers) → table + bench-local-report.json
+bench-local:
+	@mkdir -p $(BIN)
+	$(GO) test -run '^$$' -bench 'ChooseParents1000|NeedParents1000|Register1000' -benchtime 2s -benchmem -count 1 \
+	  -timeout 5m ./scheduler/ > $(BIN)/bench-local-scheduler.txt 2>&1 || echo "scheduler benchmarks FAILED" >> $(BIN)/bench-local-scheduler.txt; \
+	  cat $(BIN)/bench-local-scheduler.txt
+	$(GO) build -o $(BIN)/bench-local ./test/bench/local
+	timeout 25m $(BIN)/bench-local --go $(GO) --size 1GiB --runs 3 --report bench-local-report.json \
+	  --sched-bench $(BIN)/bench-local-scheduler.txt --profile $(BIN)/bench-local-cpu.prof
 
 ## bench: the multi-host testbed benchmark (root)
 bench: bench-local
