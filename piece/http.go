@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -156,11 +155,12 @@ func FetchPiece(ctx context.Context, c *http.Client, addr, task string, n int, t
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) || !errors.Is(err, context.Canceled) {
-			return nil, 0, fmt.Errorf("piece %d from %s: %v: %w", n, addr, err, errdefs.ErrUnavailable)
+		if ctx.Err() != nil {
+			// Cancelled by the caller (an endgame loser, shutdown): not the
+			// parent's fault.
+			return nil, 0, fmt.Errorf("piece %d from %s: %w", n, addr, ctx.Err())
 		}
-		return nil, 0, err
+		return nil, 0, fmt.Errorf("piece %d from %s: %v: %w", n, addr, err, errdefs.ErrUnavailable)
 	}
 	if resp.StatusCode == http.StatusOK {
 		return resp.Body, resp.ContentLength, nil

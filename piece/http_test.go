@@ -83,3 +83,18 @@ func TestPieceHTTP(t *testing.T) {
 		t.Errorf("closed port: %v", err)
 	}
 }
+
+// A request the caller cancels is reported as cancelled, not as a fault of
+// the parent.
+func TestFetchPieceCancelled(t *testing.T) {
+	block := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-block }))
+	defer srv.Close()
+	defer close(block)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { time.Sleep(50 * time.Millisecond); cancel() }()
+	_, _, err := piece.FetchPiece(ctx, srv.Client(), srv.URL, "sha256:"+hex.EncodeToString(make([]byte, 32)), 0, "")
+	if !errors.Is(err, context.Canceled) || errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("err = %v, want context.Canceled and not ErrUnavailable", err)
+	}
+}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/pouchfly/pouchfly/peer"
 	"github.com/pouchfly/pouchfly/test/origin"
+	"github.com/pouchfly/pouchfly/test/registry"
 	"github.com/pouchfly/pouchfly/test/report"
 )
 
@@ -35,6 +36,13 @@ type options struct {
 	Seed        uint64
 	Keep        bool
 	StopTimeout time.Duration
+	// ImageLayers is the number of layers per platform of the generated
+	// image (0: no image scenario); each layer's size is drawn in
+	// [ImageLayerMin, ImageLayerMax].
+	ImageLayers                  int
+	ImageLayerMin, ImageLayerMax int64
+	// ImageParallel is how many blobs each host fetches at once.
+	ImageParallel int
 	// Out receives the progress lines, the table and the summary.
 	Out io.Writer
 	// trace, when set, is filled as the run goes (for tests: what to check
@@ -46,6 +54,12 @@ type options struct {
 type trace struct {
 	TempDir string
 	PIDs    []int
+	// Listeners are the TCP addresses the run served on (the registry and
+	// the agents' mirrors), all closed when run returns.
+	Listeners []string
+	// phase, when set, is called as each scenario starts ("file",
+	// "image").
+	phase func(name string)
 }
 
 func (o options) validate() error {
@@ -58,14 +72,31 @@ func (o options) validate() error {
 		return fmt.Errorf("--peers must be 1..200 (agents use 127.0.0.11…127.0.0.210)")
 	case o.Timeout <= 0 || o.StopTimeout <= 0:
 		return fmt.Errorf("--timeout and --stop-timeout must be positive")
+	case o.ImageLayers < 0 || o.ImageLayers > 64:
+		return fmt.Errorf("--image-layers must be 0..64")
+	case o.ImageLayers > 0 && (o.ImageLayerMin < 1 || o.ImageLayerMax < o.ImageLayerMin):
+		return fmt.Errorf("--image-layer-size must be at least 1 byte, MIN-MAX with MIN ≤ MAX")
+	case o.ImageLayers > 0 && o.ImageLayerMax > 512<<20:
+		return fmt.Errorf("--image-layer-size above 512MiB: the image is generated and held in memory")
+	case o.ImageLayers > 0 && (o.ImageParallel < 1 || o.ImageParallel > 64):
+		return fmt.Errorf("--image-parallel must be 1..64")
 	}
 	return nil
 }
 
+func (o options) phase(name string) {
+	if o.trace != nil && o.trace.phase != nil {
+		o.trace.phase(name)
+	}
+}
+
 const (
 	supernodeIP = "127.0.0.2"
+	registryIP  = "127.0.0.3"
 	fileName    = "demo.bin"
 	mib         = 1 << 20
+	// cdnEgressMetric is the supernode's counter of the bytes its CDN sent.
+	cdnEgressMetric = "pouchfly_cdn_upload_bytes_total"
 )
 
 // agentIP is the loopback address of agent i (1-based).
@@ -95,21 +126,28 @@ type demo struct {
 	supernode *child
 	agents    []*child
 	sockets   []string
+	metrics   []string // each agent's metrics host:port
+	mirrors   []string // each agent's registry mirror host:port ("" without the image scenario)
 	grpcAddr  string
 	httpAddr  string
-	delivered int64 // bytes read by all hosts together
+	delivered int64 // bytes read by all hosts together in the file scenario
+	// The image scenario (nil registry: skipped).
+	registry *registry.Registry
+	image    *registry.Image
+	platform *registry.PlatformImage // linux/amd64, what the hosts pull
 	// interrupted is set when the downloads were cut short (Ctrl-C,
 	// --timeout).
 	interrupted bool
 }
 
-// run performs the whole demo and returns its report. The report is also
-// returned (and written) when hosts failed; err is then non-nil. Every
-// child process is stopped and the temporary directory removed before run
-// returns, whatever happened.
-func run(ctx context.Context, o options) (rep report.Report, err error) {
+// run performs the whole demo and returns its reports: "demo-file", then
+// "demo-image" (unless o.ImageLayers is 0). The reports are also returned
+// (and written) when hosts failed; err is then non-nil. Every child
+// process is stopped, the origin and registry closed and the temporary
+// directory removed before run returns, whatever happened.
+func run(ctx context.Context, o options) (reps []report.Report, err error) {
 	if err := o.validate(); err != nil {
-		return rep, err
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
@@ -125,22 +163,22 @@ func run(ctx context.Context, o options) (rep report.Report, err error) {
 
 	bin, err := filepath.Abs(o.BinDir)
 	if err != nil {
-		return rep, err
+		return nil, err
 	}
 	snBin, dfBin := filepath.Join(bin, "supernode"), filepath.Join(bin, "dfget")
 	for _, b := range []string{snBin, dfBin} {
 		if st, err := os.Stat(b); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
-			return rep, fmt.Errorf("%s is not an executable: run `make build` (or pass --bin)", b)
+			return nil, fmt.Errorf("%s is not an executable: run `make build` (or pass --bin)", b)
 		}
 	}
 	if d.dir, err = os.MkdirTemp("", "pouchfly-demo-"); err != nil {
-		return rep, err
+		return nil, err
 	}
 	if o.trace != nil {
 		o.trace.TempDir = d.dir
 	}
 	defer d.cleanup()
-	d.logf("work dir %s (data dirs, sockets, logs)", d.dir)
+	d.logf("work dir %s (data dirs, sockets, logs, registry storage)", d.dir)
 
 	// 1. The origin.
 	d.logf("generating a %s file…", fmtBytes(o.Size))
@@ -148,25 +186,32 @@ func run(ctx context.Context, o options) (rep report.Report, err error) {
 	d.origin = origin.New()
 	digest := d.origin.Add(fileName, data)
 	if err := d.origin.Start("127.0.0.1:0"); err != nil {
-		return rep, fmt.Errorf("origin: %w", err)
+		return nil, fmt.Errorf("origin: %w", err)
 	}
 	url := d.origin.URL(fileName)
 	d.logf("origin     %s  (%s)", url, digest)
 
-	// 2. The supernode.
+	// 2. The registry with the image (the agents' mirrors point at it).
+	if o.ImageLayers > 0 {
+		if err := d.startRegistry(ctx); err != nil {
+			return nil, err
+		}
+	}
+	// 3. The supernode.
 	if err := d.startSupernode(ctx, snBin); err != nil {
-		return rep, err
+		return nil, err
 	}
-	// 3. The agents.
+	// 4. The agents.
 	if err := d.startAgents(ctx, dfBin); err != nil {
-		return rep, err
+		return nil, err
 	}
-	// 4. Wait until they answer and are connected.
+	// 5. Wait until they answer and are connected.
 	if err := d.waitAgents(ctx); err != nil {
-		return rep, err
+		return nil, err
 	}
 
-	// 5. Everybody downloads at once.
+	// 6. Scenario "demo-file": everybody downloads the file at once.
+	o.phase("file")
 	results, wall, cpu, err := d.downloadAll(ctx, url, digest)
 	if err != nil {
 		if results != nil {
@@ -174,54 +219,93 @@ func run(ctx context.Context, o options) (rep report.Report, err error) {
 			d.logf("\nstopped before every host finished; where they were:")
 			d.printTable(results, digest)
 		}
-		return rep, err
+		return nil, err
 	}
 	var snErr error
-	if e := d.supernode.unexpectedExit(); e != nil {
-		snErr = e
-	}
-	cdnEgress, mErr := d.metric(ctx, "pouchfly_cdn_upload_bytes_total")
-	if mErr != nil && snErr == nil {
+	cdnEgress, mErr := d.metric(ctx, cdnEgressMetric)
+	if mErr != nil {
 		snErr = fmt.Errorf("supernode metrics: %w", mErr)
 	}
-
-	// 6. The report.
-	rep = d.buildReport(results, digest, wall, cpu, cdnEgress)
+	fileRep := d.buildReport(results, digest, wall, cpu, cdnEgress)
 	d.printTable(results, digest)
-	d.printSummary(rep, wall, cpu)
+	d.printSummary(fileRep, wall, cpu, d.swarmFailures(ctx))
+	reps = append(reps, fileRep)
+
+	// 7. Scenario "demo-image": every host pulls the image through its own
+	// mirror at once.
+	var pulls []imageResult
+	if d.registry != nil {
+		o.phase("image")
+		var imgRep report.Report
+		var imgSnErr error
+		pulls, imgRep, imgSnErr, err = d.imageScenario(ctx)
+		if err != nil {
+			return reps, err
+		}
+		if snErr == nil {
+			snErr = imgSnErr
+		}
+		reps = append(reps, imgRep)
+	}
+
+	// 8. The report, and what the logs say.
+	fmt.Fprintln(d.out)
 	d.printProcessCPU()
 	if o.Report != "" {
-		if err := report.Write(o.Report, rep); err != nil {
-			return rep, fmt.Errorf("write report: %w", err)
+		if err := report.WriteAll(o.Report, reps); err != nil {
+			return reps, fmt.Errorf("write report: %w", err)
 		}
-		d.logf("report written to %s", o.Report)
+		d.logf("report written to %s (%s)", o.Report, scenarioNames(reps))
 	}
 	d.scanLogs()
 
+	if e := d.supernode.unexpectedExit(); e != nil {
+		snErr = e
+	}
 	var failed []string
 	for i, r := range results {
 		if r.ok(digest, o.Size) {
 			continue
 		}
-		failed = append(failed, r.Host)
+		failed = append(failed, "file:"+r.Host)
 		why := r.Err
 		if e := d.agents[i].unexpectedExit(); e != nil {
 			why = fmt.Errorf("%v (the agent process died: %v)", why, e)
 		} else if why == nil {
 			why = fmt.Errorf("got %d bytes with digest %s, want %d bytes with %s", r.Bytes, r.Digest, o.Size, digest)
 		}
-		fmt.Fprintf(d.out, "\n%s FAILED: %v\n  last lines of %s:\n%s\n", r.Host, why, d.agents[i].logPath, indent(d.agents[i].tail(20), "    "))
+		fmt.Fprintf(d.out, "\n%s FAILED the file download: %v\n  last lines of %s:\n%s\n", r.Host, why, d.agents[i].logPath, indent(d.agents[i].tail(20), "    "))
+	}
+	for i, r := range pulls {
+		if r.Err == nil {
+			continue
+		}
+		failed = append(failed, "image:"+r.Host)
+		why := r.Err
+		if e := d.agents[i].unexpectedExit(); e != nil {
+			why = fmt.Errorf("%v (the agent process died: %v)", why, e)
+		}
+		fmt.Fprintf(d.out, "\n%s FAILED the image pull: %v\n  last lines of %s:\n%s\n", r.Host, why, d.agents[i].logPath, indent(d.agents[i].tail(20), "    "))
 	}
 	if snErr != nil {
 		fmt.Fprintf(d.out, "\nsupernode: %v\n  last lines of %s:\n%s\n", snErr, d.supernode.logPath, indent(d.supernode.tail(20), "    "))
 	}
 	switch {
 	case len(failed) > 0:
-		return rep, fmt.Errorf("%d of %d hosts failed (%s)", len(failed), o.Peers, strings.Join(failed, ", "))
+		return reps, fmt.Errorf("%d host downloads failed (%s)", len(failed), strings.Join(failed, ", "))
 	case snErr != nil:
-		return rep, snErr
+		return reps, snErr
 	}
-	return rep, nil
+	return reps, nil
+}
+
+// scenarioNames lists the reports' scenarios ("demo-file, demo-image").
+func scenarioNames(reps []report.Report) string {
+	names := make([]string, len(reps))
+	for i, r := range reps {
+		names[i] = r.Scenario
+	}
+	return strings.Join(names, ", ")
 }
 
 func (d *demo) logf(format string, args ...any) {
@@ -294,20 +378,61 @@ func (d *demo) startAgents(ctx context.Context, bin string) error {
 			return err
 		}
 		sock := filepath.Join(dir, "dfget.sock")
-		c, err := startChild(host, filepath.Join(d.dir, host+".log"), bin, "daemon",
+		// Fixed ports for metrics and the mirror: the demo reads one and
+		// pulls through the other.
+		ports, err := freePorts(ip, 2)
+		if err != nil {
+			return fmt.Errorf("%s ports on %s: %w", host, ip, err)
+		}
+		metricsAddr := net.JoinHostPort(ip, strconv.Itoa(ports[0]))
+		mirrorAddr := ""
+		if d.registry != nil {
+			mirrorAddr = net.JoinHostPort(ip, strconv.Itoa(ports[1]))
+		}
+		cfg, err := d.writeAgentConfig(dir, mirrorAddr)
+		if err != nil {
+			return err
+		}
+		c, err := startChild(host, filepath.Join(d.dir, host+".log"), bin, "daemon", "--config", cfg,
 			"--supernode", d.grpcAddr, "--upload-listen", ip+":0", "--ip", ip,
-			"--data-dir", dir, "--socket", sock, "--host-id", host, "--metrics-listen", ip+":0")
+			"--data-dir", dir, "--socket", sock, "--host-id", host, "--metrics-listen", metricsAddr)
 		if err != nil {
 			return err
 		}
 		d.agents = append(d.agents, c)
 		d.sockets = append(d.sockets, sock)
+		d.metrics = append(d.metrics, metricsAddr)
+		d.mirrors = append(d.mirrors, mirrorAddr)
 		if d.o.trace != nil {
 			d.o.trace.PIDs = append(d.o.trace.PIDs, c.pid())
+			if mirrorAddr != "" {
+				d.o.trace.Listeners = append(d.o.trace.Listeners, mirrorAddr)
+			}
 		}
 	}
 	d.logf("agents     %d × dfget daemon on %s…%s (host-1…host-%d)", d.o.Peers, agentIP(1), agentIP(d.o.Peers), d.o.Peers)
+	if d.registry != nil {
+		d.logf("mirrors    each agent serves the registry mirror on its own address (%s, …), upstream %s", d.mirrors[0], d.registry.URL())
+	}
 	return nil
+}
+
+// writeAgentConfig writes an agent's dfget.yaml: the mirror section (off
+// when mirrorAddr is ""; otherwise serving only the demo registry, also
+// as the default for requests that name none). The other settings come
+// as flags.
+func (d *demo) writeAgentConfig(dir, mirrorAddr string) (string, error) {
+	var b strings.Builder
+	b.WriteString("# written by pouchfly-demo; the peer settings are flags\nmirror:\n")
+	if mirrorAddr == "" {
+		b.WriteString("  listen: \"\"\n")
+	} else {
+		host := d.registry.Host()
+		fmt.Fprintf(&b, "  listen: %q\n  default_registry: %q\n  allow_any_registry: false\n  mirrors:\n    - host: %q\n      url: %q\n",
+			mirrorAddr, host, host, d.registry.URL())
+	}
+	path := filepath.Join(dir, "dfget.yaml")
+	return path, os.WriteFile(path, []byte(b.String()), 0o644)
 }
 
 // waitAgents waits until every agent answers on its socket and the
@@ -318,6 +443,22 @@ func (d *demo) waitAgents(ctx context.Context) error {
 		clients[i] = peer.NewClient(s)
 	}
 	n := d.o.Peers
+	hc := &http.Client{Timeout: 500 * time.Millisecond}
+	defer hc.CloseIdleConnections()
+	mirrorsUp := func() int {
+		up := 0
+		for _, m := range d.mirrors {
+			if m == "" {
+				continue
+			}
+			// Any HTTP answer will do (the registry's 401 passes through).
+			if resp, err := hc.Get("http://" + m + "/v2/"); err == nil {
+				resp.Body.Close()
+				up++
+			}
+		}
+		return up
+	}
 	return d.poll(ctx, 60*time.Second, "the agents to answer and connect", func() (bool, string, error) {
 		for _, c := range append([]*child{d.supernode}, d.agents...) {
 			if dead, err := c.exited(); dead {
@@ -332,12 +473,19 @@ func (d *demo) waitAgents(ctx context.Context) error {
 			}
 			cancel()
 		}
+		mirrors, wantMirrors := 0, 0
+		if d.registry != nil {
+			mirrors, wantMirrors = mirrorsUp(), n
+		}
 		sessions, err := d.metric(ctx, "pouchfly_supernode_sessions")
 		if err != nil {
 			return false, fmt.Sprintf("%d/%d answering on their sockets, supernode metrics: %v", up, n, err), nil
 		}
 		msg := fmt.Sprintf("%d/%d answering on their sockets, %d/%d connected to the supernode", up, n, sessions, n)
-		return up == n && sessions >= int64(n), msg, nil
+		if wantMirrors > 0 {
+			msg += fmt.Sprintf(", %d/%d mirrors answering", mirrors, wantMirrors)
+		}
+		return up == n && sessions >= int64(n) && mirrors == wantMirrors, msg, nil
 	})
 }
 
@@ -380,38 +528,87 @@ func (d *demo) poll(ctx context.Context, limit time.Duration, what string, check
 
 // metric scrapes one metric from the supernode (summed over its labels).
 func (d *demo) metric(ctx context.Context, name string) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.httpAddr+"/metrics", nil)
-	resp, err := http.DefaultClient.Do(req)
+	text, err := scrape(ctx, d.httpAddr)
 	if err != nil {
 		return 0, err
 	}
+	return parseMetric(strings.NewReader(text), name)
+}
+
+// scrape fetches the Prometheus text exposition at http://addr/metrics.
+func scrape(ctx context.Context, addr string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("GET /metrics: %s", resp.Status)
+		return "", fmt.Errorf("GET http://%s/metrics: %s", addr, resp.Status)
 	}
-	return parseMetric(resp.Body, name)
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	return string(b), err
 }
 
 // parseMetric sums the samples of name in a Prometheus text exposition.
 func parseMetric(r io.Reader, name string) (int64, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	var sum float64
 	found := false
+	err := eachSample(r, name, func(_ string, v float64) {
+		sum += v
+		found = true
+	})
+	if err != nil {
+		return 0, err
+	}
+	if !found {
+		return 0, fmt.Errorf("metric %s not exposed", name)
+	}
+	return int64(sum), nil
+}
+
+// parseMetricBy sums the samples of name per value of label (samples
+// without the label count under ""). A metric with no samples yet (a
+// vector nothing has touched) gives an empty map.
+func parseMetricBy(r io.Reader, name, label string) (map[string]int64, error) {
+	sums := map[string]float64{}
+	err := eachSample(r, name, func(labels string, v float64) {
+		val := ""
+		if _, rest, ok := strings.Cut(labels, label+`="`); ok {
+			val, _, _ = strings.Cut(rest, `"`)
+		}
+		sums[val] += v
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int64, len(sums))
+	for k, v := range sums {
+		out[k] = int64(v)
+	}
+	return out, nil
+}
+
+// eachSample calls fn with the label block ("{…}" or "") and the value of
+// every sample of name.
+func eachSample(r io.Reader, name string, fn func(labels string, v float64)) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
 		rest, ok := strings.CutPrefix(line, name)
 		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
 			continue
 		}
+		labels := ""
 		if rest[0] == '{' {
 			end := strings.LastIndexByte(rest, '}')
 			if end < 0 {
 				continue
 			}
-			rest = rest[end+1:]
+			labels, rest = rest[:end+1], rest[end+1:]
 		}
 		f := strings.Fields(rest)
 		if len(f) == 0 {
@@ -419,18 +616,11 @@ func parseMetric(r io.Reader, name string) (int64, error) {
 		}
 		v, err := strconv.ParseFloat(f[0], 64)
 		if err != nil {
-			return 0, fmt.Errorf("metric %s: %q: %w", name, line, err)
+			return fmt.Errorf("metric %s: %q: %w", name, line, err)
 		}
-		sum += v
-		found = true
+		fn(labels, v)
 	}
-	if err := sc.Err(); err != nil {
-		return 0, err
-	}
-	if !found {
-		return 0, fmt.Errorf("metric %s not exposed", name)
-	}
-	return int64(sum), nil
+	return sc.Err()
 }
 
 // countingHash passes writes to w (a hash) and counts them, also into
@@ -453,7 +643,7 @@ func (c *countingHash) Write(b []byte) (int, error) {
 // seconds over it.
 func (d *demo) downloadAll(ctx context.Context, url, digest string) ([]hostResult, time.Duration, float64, error) {
 	n := d.o.Peers
-	d.logf("\nall %d agents download %s at once…", n, fmtBytes(d.o.Size))
+	d.logf("\n== scenario demo-file: all %d agents download the %s file at once through their local sockets", n, fmtBytes(d.o.Size))
 	results := make([]hostResult, n)
 	var total atomic.Int64
 	var finished atomic.Int32
@@ -471,26 +661,7 @@ func (d *demo) downloadAll(ctx context.Context, url, digest string) ([]hostResul
 			results[i] = d.download(ctx, i, url, digest, start, &total)
 		}()
 	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	tick := time.NewTicker(2 * time.Second)
-	defer tick.Stop()
-	want := int64(n) * d.o.Size
-	var lastBytes int64
-	lastT := start
-wait:
-	for {
-		select {
-		case <-done:
-			break wait
-		case now := <-tick.C:
-			b := total.Load()
-			rate := float64(b-lastBytes) / now.Sub(lastT).Seconds() / mib
-			lastBytes, lastT = b, now
-			d.logf("  %5.1fs  %d/%d hosts done, %s of %s delivered (%.0f MiB/s)",
-				now.Sub(start).Seconds(), finished.Load(), n, fmtBytes(b), fmtBytes(want), rate)
-		}
-	}
+	d.progress(&wg, start, n, &finished, &total, int64(n)*d.o.Size)
 	wall := time.Since(start)
 	cpu1, err := report.CPUTime()
 	if err != nil {
@@ -500,6 +671,28 @@ wait:
 		return results, wall, 0, err
 	}
 	return results, wall, cpu1 - cpu0, nil
+}
+
+// progress prints the swarm's progress every 2 seconds until wg is done.
+func (d *demo) progress(wg *sync.WaitGroup, start time.Time, n int, finished *atomic.Int32, total *atomic.Int64, want int64) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	var lastBytes int64
+	lastT := start
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-tick.C:
+			b := total.Load()
+			rate := float64(b-lastBytes) / now.Sub(lastT).Seconds() / mib
+			lastBytes, lastT = b, now
+			d.logf("  %5.1fs  %d/%d hosts done, %s of %s delivered (%.0f MiB/s)",
+				now.Sub(start).Seconds(), finished.Load(), n, fmtBytes(b), fmtBytes(want), rate)
+		}
+	}
 }
 
 // download is agent i's download, hashed and timed from start.
@@ -527,7 +720,7 @@ func (d *demo) download(ctx context.Context, i int, url, digest string, start ti
 
 func (d *demo) buildReport(results []hostResult, digest string, wall time.Duration, cpu float64, cdnEgress int64) report.Report {
 	rep := report.Report{
-		Scenario:             "demo",
+		Scenario:             "demo-file",
 		Hosts:                d.o.Peers,
 		BlobBytes:            d.o.Size,
 		OriginEgressBytes:    d.origin.Egress(),
@@ -556,7 +749,8 @@ func (d *demo) buildReport(results []hostResult, digest string, wall time.Durati
 		"supernode 127.0.0.2, agents %s..%s); no bandwidth caps, so host_cap_mbit and origin_cap_mbit are 0 and "+
 		"limit_seconds is 0 (the physical limit is blob size over the host cap, undefined without a cap). "+
 		"seconds: per host from the common start to the last byte, successful hosts only. "+
-		"supernode_egress_bytes from pouchfly_cdn_upload_bytes_total; p2p_bytes = sum of bytes hosts received from peers. "+
+		"origin_egress_bytes: body bytes the origin sent. "+
+		"supernode_egress_bytes from pouchfly_cdn_upload_bytes_total at the end of this scenario; p2p_bytes = sum of bytes hosts received from peers. "+
 		"cpu_seconds_per_gb: busy jiffies (user+nice+system+irq+softirq+steal) of the whole machine (%d CPUs, "+
 		"shared with whatever else runs) over the download phase (%.1fs wall, %.1f CPU-s), "+
 		"including the demo's own SHA-256 of every delivered byte, per 1e9 bytes delivered (%d).",
@@ -590,7 +784,7 @@ func (d *demo) printTable(results []hostResult, digest string) {
 }
 
 // printSummary prints the swarm-wide numbers.
-func (d *demo) printSummary(rep report.Report, wall time.Duration, cpu float64) {
+func (d *demo) printSummary(rep report.Report, wall time.Duration, cpu float64, failures map[string]int64) {
 	size := float64(d.o.Size)
 	delivered := d.delivered
 	share := 0.0
@@ -607,6 +801,9 @@ func (d *demo) printSummary(rep report.Report, wall time.Duration, cpu float64) 
 	fmt.Fprintf(tw, "supernode egress\t%s = %.2f × the file size (pouchfly_cdn_upload_bytes_total)\n",
 		fmtBytes(rep.SupernodeEgressBytes), float64(rep.SupernodeEgressBytes)/size)
 	fmt.Fprintf(tw, "P2P share\t%.1f%% of the delivered bytes came from other hosts (%s)\n", share, fmtBytes(rep.P2PBytes))
+	if failures != nil {
+		fmt.Fprintf(tw, "piece failures\t%s\n", fmtFailures(failures))
+	}
 	fmt.Fprintf(tw, "CPU\t%.2f CPU-seconds per GB delivered (whole machine: %.1f CPU-s over %.1fs = %.0f%% of %d CPUs)\n",
 		rep.CPUSecondsPerGB, cpu, wall.Seconds(), 100*cpu/wall.Seconds()/float64(runtime.NumCPU()), runtime.NumCPU())
 	ok := "yes"
@@ -640,7 +837,7 @@ func (d *demo) printProcessCPU() {
 	if err != nil {
 		return
 	}
-	d.logf("CPU by process    supernode %.1fs, agents %.1fs together (%.1fs each on average, most %s %.1fs), this process (origin + digest checks) %.1fs",
+	d.logf("CPU by process over the whole run: supernode %.1fs, agents %.1fs together (%.1fs each on average, most %s %.1fs), this process (origin, registry, digest checks) %.1fs",
 		sn, agents, agents/float64(len(d.agents)), mostName, most, self)
 }
 
@@ -730,6 +927,11 @@ func (d *demo) cleanup() {
 	}
 	if len(killed) > 0 {
 		d.logf("  %s did not exit within %v of SIGTERM and were killed", strings.Join(killed, ", "), d.o.StopTimeout)
+	}
+	if d.registry != nil {
+		if err := d.registry.Close(); err != nil {
+			d.logf("registry: close: %v", err)
+		}
 	}
 	if d.origin != nil {
 		d.origin.Close()

@@ -56,6 +56,24 @@ type Report struct {
 	FailedHosts int `json:"failed_hosts"`
 	// Notes is free text (conditions, caveats).
 	Notes string `json:"notes"`
+	// Layers, in image scenarios, are the per-layer results (absent from
+	// the JSON otherwise). It is a pointer so that Report stays
+	// comparable with ==; == compares it by identity, so compare the
+	// layers themselves (or use reflect.DeepEqual) when both have some.
+	Layers *[]Layer `json:"layers,omitempty"`
+}
+
+// Layer is one image layer's result in an image scenario.
+type Layer struct {
+	// Digest is the layer blob's digest (sha256:…).
+	Digest string `json:"digest"`
+	// Bytes is the blob's size.
+	Bytes int64 `json:"bytes"`
+	// RegistryEgressBytes is what the registry sent for this blob.
+	RegistryEgressBytes int64 `json:"registry_egress_bytes"`
+	// Seconds are percentiles over the hosts of the time to fetch this
+	// layer (as the scenario's notes define it).
+	Seconds Seconds `json:"seconds"`
 }
 
 // Limit is the scenario's physical limit in seconds: blob bytes over the

@@ -2,7 +2,9 @@ package report
 
 import (
 	"math"
+	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -73,6 +75,30 @@ func TestWriteRead(t *testing.T) {
 	}
 	if out, err := Read(p); err != nil || len(out) != 2 {
 		t.Fatalf("Read array = %d, %v", len(out), err)
+	}
+}
+
+func TestLayersOptional(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "r.json")
+	plain := Report{Scenario: "demo-file", Hosts: 3}
+	layers := []Layer{{Digest: "sha256:ab", Bytes: 10, RegistryEgressBytes: 10, Seconds: Seconds{1, 2, 3}}}
+	img := Report{Scenario: "demo-image", Hosts: 3, Layers: &layers}
+	if err := WriteAll(p, []Report{plain, img}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(p)
+	if n := strings.Count(string(b), `"layers"`); n != 1 {
+		t.Errorf("\"layers\" appears %d times, want once (omitted without layers):\n%s", n, b)
+	}
+	out, err := Read(p)
+	if err != nil || len(out) != 2 {
+		t.Fatalf("Read = %+v, %v", out, err)
+	}
+	if out[0] != plain {
+		t.Errorf("plain report = %+v, want %+v", out[0], plain)
+	}
+	if !reflect.DeepEqual(out[1], img) {
+		t.Errorf("image report = %+v (layers %+v), want %+v", out[1], out[1].Layers, img)
 	}
 }
 
