@@ -33,7 +33,7 @@ test: deps
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 15m $(PKGS)
 
-## demo: origin + supernode + 8 agents on loopback distribute a 256 MiB file
+## demo: origin + registry + supernode + 8 agents on loopback: a 256 MiB file and a multi-layer image to every host
 demo: build
 	$(GO) build -o $(BIN)/pouchfly-demo ./test/demo
 	$(BIN)/pouchfly-demo --bin $(BIN) --size 256MiB --peers 8 --report demo-report.json
