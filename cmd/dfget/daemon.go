@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -153,20 +154,26 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Every server runs in the group; the first error stops them all, and
+	// the store closes only after everything that uses it has returned.
+	var wg sync.WaitGroup
 	errc := make(chan error, 4)
-	go func() { errc <- p.Run(ctx) }()
-	<-p.Started()
-	go func() {
-		if err := p.ServeAPI(ctx, cfg.Peer.Socket); err != nil {
-			errc <- err
-		}
-	}()
-	if mirror != nil {
+	start := func(f func() error) {
+		wg.Add(1)
 		go func() {
-			if err := mirror.Run(ctx); err != nil {
+			defer wg.Done()
+			if err := f(); err != nil {
 				errc <- err
+				cancel()
 			}
 		}()
+	}
+	defer wg.Wait()
+	start(func() error { return p.Run(ctx) })
+	<-p.Started()
+	start(func() error { return p.ServeAPI(ctx, cfg.Peer.Socket) })
+	if mirror != nil {
+		start(func() error { return mirror.Run(ctx) })
 	}
 	if cfg.MetricsListen != "" {
 		reg := prometheus.NewRegistry()
@@ -178,19 +185,20 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		srv := &http.Server{Addr: cfg.MetricsListen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go func() {
+		start(func() error {
+			go func() { <-ctx.Done(); srv.Close() }()
 			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("metrics: %w", err)
+				return fmt.Errorf("metrics: %w", err)
 			}
-		}()
-		defer srv.Close()
+			return nil
+		})
 	}
 	log.Info("dfget daemon started", "host", p.HostID(), "upload", p.UploadAddr(), "socket", cfg.Peer.Socket, "mirror", cfg.Mirror.Listen)
+	<-ctx.Done()
 	select {
-	case <-ctx.Done():
-		return nil
 	case err := <-errc:
-		cancel()
 		return err
+	default:
+		return nil
 	}
 }
