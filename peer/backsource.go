@@ -165,6 +165,11 @@ func (t *task) backSourceRun(ctx context.Context, metaOK bool, meta piece.Meta, 
 				}
 				lr = &countingReader{r: io.MultiReader(strings.NewReader(string(peek[:k])), io.LimitReader(body, size-1))}
 			}
+			if sum == nil {
+				t.mu.Lock()
+				t.unverified = true
+				t.mu.Unlock()
+			}
 			_, err = t.p.store.WritePiece(ctx, t.id, n, lr, sum)
 		}
 		t.p.metrics.bytes.WithLabelValues("origin").Add(float64(lr.n))

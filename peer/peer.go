@@ -476,6 +476,13 @@ func (p *Peer) Download(ctx context.Context, req Request) (*Stream, error) {
 	return newStream(ctx, p, t, req.Digest), nil
 }
 
+// readers returns the open streams on a task.
+func (p *Peer) readers(id string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.reading[id]
+}
+
 // streamClosed drops a reader's hold on a task.
 func (p *Peer) streamClosed(id string) {
 	p.mu.Lock()

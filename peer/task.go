@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -85,19 +86,26 @@ type task struct {
 	results chan pieceResult
 	ctl     chan bool // session up (true) / down (false)
 
-	mu       sync.Mutex
-	meta     piece.Meta // ContentLength -1 until known
-	metaOK   bool       // length and piece size known and the store task made
-	final    bool       // length and every digest final
-	have     piece.Bitmap
-	count    int
-	done     bool
-	err      error
-	changed  chan struct{} // closed and replaced on every change
-	received map[string]int64
+	mu      sync.Mutex
+	meta    piece.Meta // ContentLength -1 until known
+	metaOK  bool       // length and piece size known and the store task made
+	final   bool       // length and every digest final
+	have    piece.Bitmap
+	count   int
+	done    bool
+	err     error
+	changed chan struct{} // closed and replaced on every change
+	// sumsVerified: the supernode's seed matched the whole digest with the
+	// piece digests we verify against (TaskInfo.sums_verified).
+	sumsVerified bool
+	// unverified: some piece was stored without a digest to check it
+	// against (back-to-source before any digest was known).
+	unverified bool
+	received   map[string]int64
 
 	// run-goroutine state
 	sums         [][]byte
+	storedSums   [][]byte // digests of pieces kept from an earlier run
 	token        string
 	parents      map[string]*parentState
 	inflight     map[int]map[string]context.CancelFunc
@@ -139,6 +147,14 @@ func (t *task) state() (meta piece.Meta, metaOK bool, have piece.Bitmap, done bo
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.meta, t.metaOK, t.have.Clone(), t.done, t.err, t.changed
+}
+
+// trusted reports whether every stored piece was checked against digests
+// the supernode's seed confirmed, so readers need not hash the whole.
+func (t *task) trusted() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.sumsVerified && !t.unverified
 }
 
 func (t *task) backSourceAllowed() bool { return t.p.cfg.BackSource && !t.req.NoBackSource }
@@ -412,7 +428,13 @@ func (t *task) handleInfo(ctx context.Context, in *schedulerv1.TaskInfo) error {
 		t.count = st.Meta.Count()
 		t.notify()
 		t.mu.Unlock()
+		if st.Bitmap.Count() > 0 {
+			// Pieces kept from an earlier run: check them against the
+			// digests this run announces.
+			t.storedSums, _ = t.p.store.PieceSums(ctx, t.id)
+		}
 	}
+	stale := false
 	for i, s := range in.PieceSha256 {
 		n := int(in.FirstPiece) + i
 		if n >= piece.MaxCount || len(s) != 32 {
@@ -422,10 +444,24 @@ func (t *task) handleInfo(ctx context.Context, in *schedulerv1.TaskInfo) error {
 			t.sums = append(t.sums, nil)
 		}
 		t.sums[n] = s
+		if n < len(t.storedSums) && t.storedSums[n] != nil && !bytes.Equal(t.storedSums[n], s) {
+			stale = true
+		}
 	}
-	if in.Complete {
+	if stale {
+		// What we kept is not what the task is now: start over.
+		t.log.Warn("stored pieces do not match the announced digests; dropping them")
+		t.storedSums = nil
 		t.mu.Lock()
-		t.final = t.meta.ContentLength >= 0
+		t.have, t.metaOK = nil, false
+		t.mu.Unlock()
+		t.p.store.Delete(ctx, t.id)
+		return t.handleInfo(ctx, in)
+	}
+	if in.Complete || in.SumsVerified {
+		t.mu.Lock()
+		t.final = t.final || in.Complete && t.meta.ContentLength >= 0
+		t.sumsVerified = t.sumsVerified || in.SumsVerified
 		t.mu.Unlock()
 	}
 	return nil
@@ -519,8 +555,34 @@ func (t *task) schedule(ctx context.Context) {
 		}
 	}
 	t.rng.Shuffle(len(cands), func(i, j int) { cands[i], cands[j] = cands[j], cands[i] })
-	// Stable sort by rarity keeps the shuffle among equals.
-	slices.SortStableFunc(cands, func(a, b cand) int { return a.holders - b.holders })
+	// Stable sort by rarity keeps the shuffle among equals. While someone
+	// reads the content in order, the pieces just ahead of the reader come
+	// first (rarest first among them, then in order), so the stream keeps
+	// pace with the download instead of waiting for the last piece.
+	window := -1
+	if t.p.readers(t.id) > 0 {
+		first := 0
+		for first < count && have.Has(first) {
+			first++
+		}
+		window = first + 2*t.p.cfg.MaxParallelPieces
+	}
+	inWindow := func(c cand) bool { return c.n < window }
+	slices.SortStableFunc(cands, func(a, b cand) int {
+		if wa, wb := inWindow(a), inWindow(b); wa != wb {
+			if wa {
+				return -1
+			}
+			return 1
+		}
+		if a.holders != b.holders {
+			return a.holders - b.holders
+		}
+		if inWindow(a) {
+			return a.n - b.n
+		}
+		return 0
+	})
 	for _, c := range cands {
 		if budget == 0 {
 			break

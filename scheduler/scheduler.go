@@ -548,7 +548,7 @@ func infoPacket(ti *schedulerv1.TaskInfo) *schedulerv1.SchedulerPacket {
 // baseInfo is a TaskInfo with the task's metadata and no digests.
 func baseInfo(t *task) *schedulerv1.TaskInfo {
 	return &schedulerv1.TaskInfo{TaskId: t.id, ContentLength: t.length, PieceSize: uint32(t.pieceSize),
-		Complete: t.complete, Digest: t.digest}
+		Complete: t.complete, Digest: t.digest, SumsVerified: t.sumsVerified}
 }
 
 // sendFullInfoLocked sends p a fresh token and every digest known: one
@@ -1178,6 +1178,7 @@ func (s *Scheduler) Held(hostID string, ht *schedulerv1.HeldTask) error {
 		t.length, t.pieceSize = ht.ContentLength, ps
 		s.broadcastLocked(t, infoPacket(baseInfo(t)))
 	}
+	t.heldSums = true // digests a host offered: never "verified by our seed"
 	s.learnSumsLocked(t, 0, ht.PieceSha256)
 	p := t.peers[hostID]
 	if p == nil {
@@ -1332,6 +1333,10 @@ func (s *Scheduler) SeedDone(taskID string, length int64, digest string) {
 	t.seed = seedDone
 	n := t.count()
 	t.complete = t.allKnown()
+	// Our own seed hashed every piece and the whole content in one pass and
+	// the whole matched the task's digest: peers that verified each piece
+	// against these digests hold the task's content.
+	t.sumsVerified = t.complete && !t.heldSums && t.digest != "" && digest == t.digest
 	if !t.complete {
 		s.log.Error("seeder done without every digest", "task", taskID, "known", t.nKnown, "pieces", n)
 	}
@@ -1367,7 +1372,7 @@ func (s *Scheduler) SeedFailed(taskID string, e *schedulerv1.TaskError) {
 		// The seed's piece digests describe content that is not the task's:
 		// forget them and every bitmap built on them, so a later seed (the
 		// origin repaired) starts clean.
-		t.sums, t.known, t.nKnown, t.complete = nil, nil, 0, false
+		t.sums, t.known, t.nKnown, t.complete, t.sumsVerified = nil, nil, 0, false, false
 		t.superSeed = nil
 		for _, p := range t.list {
 			p.bitmap = nil

@@ -931,3 +931,46 @@ func TestReseedAfterDigestMismatchStartsClean(t *testing.T) {
 		t.Fatalf("piece 0 digests sent after the re-seed: %x, want the new one", got)
 	}
 }
+
+// TaskInfo.sums_verified is set only when our own seed matched the task's
+// digest, never for digests a host offered.
+func TestSumsVerified(t *testing.T) {
+	final := func(ps []*schedulerv1.SchedulerPacket) *schedulerv1.TaskInfo {
+		ti := infos(ps)
+		if len(ti) == 0 {
+			return nil
+		}
+		return ti[len(ti)-1]
+	}
+	for _, tc := range []struct {
+		name   string
+		digest func(task string) string
+		held   bool
+		want   bool
+	}{
+		{"seed matched the task digest", func(task string) string { return task }, false, true},
+		{"seed reported another digest", func(string) string { return taskID(99) }, false, false},
+		{"seed reported no digest", func(string) string { return "" }, false, false},
+		{"digests offered by a host", func(task string) string { return task }, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, DefaultConfig(), &fakeSeeder{})
+			task := taskID(61)
+			e.host("a", "")
+			if tc.held {
+				e.host("h", "")
+				e.held("h", task, 2)
+			}
+			e.must(e.s.Register("a", reg(task)))
+			e.s.SeedMeta(task, 2<<20, 1<<20)
+			for n := range 2 {
+				e.s.SeedPiece(task, n, sum(task, n))
+			}
+			e.s.SeedDone(task, 2<<20, tc.digest(task))
+			ti := final(e.rec.take("a"))
+			if ti == nil || ti.SumsVerified != tc.want {
+				t.Fatalf("final TaskInfo %v, want sums_verified %v", ti, tc.want)
+			}
+		})
+	}
+}

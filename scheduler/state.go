@@ -78,6 +78,11 @@ type task struct {
 	complete  bool
 	public    bool   // first seed request carried no headers
 	seedCreds string // hash of the headers of the last seed request
+	// heldSums: some digests came from a host (HeldTask), not our seed.
+	heldSums bool
+	// sumsVerified: every digest comes from our seed, which matched the
+	// task's whole digest (TaskInfo.sums_verified).
+	sumsVerified bool
 
 	seed     seedState
 	failure  *schedulerv1.TaskError

@@ -1211,11 +1211,18 @@ type TaskInfo struct {
 	// complete is true when content_length and all digests are final.
 	Complete bool `protobuf:"varint,6,opt,name=complete,proto3" json:"complete,omitempty"`
 	// token authorises piece GETs for this task at upload servers; it expires
-	// at token_expiry_unix and is refreshed by a later TaskInfo.
+	// at token_expiry_unix and is refreshed by a later TaskInfo. An empty
+	// token leaves the host's current token in force.
 	Token           string `protobuf:"bytes,7,opt,name=token,proto3" json:"token,omitempty"`
 	TokenExpiryUnix int64  `protobuf:"varint,8,opt,name=token_expiry_unix,json=tokenExpiryUnix,proto3" json:"token_expiry_unix,omitempty"`
 	// digest is the whole-content digest when known.
-	Digest        string `protobuf:"bytes,9,opt,name=digest,proto3" json:"digest,omitempty"`
+	Digest string `protobuf:"bytes,9,opt,name=digest,proto3" json:"digest,omitempty"`
+	// sums_verified is true when every piece digest of the task comes from
+	// the supernode's own seed and that seed matched the whole-content digest
+	// (the task ID): a peer that verified each piece against these digests
+	// need not hash the whole content again. Never set for digests a host
+	// offered (HeldTask).
+	SumsVerified  bool `protobuf:"varint,10,opt,name=sums_verified,json=sumsVerified,proto3" json:"sums_verified,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1311,6 +1318,13 @@ func (x *TaskInfo) GetDigest() string {
 		return x.Digest
 	}
 	return ""
+}
+
+func (x *TaskInfo) GetSumsVerified() bool {
+	if x != nil {
+		return x.SumsVerified
+	}
+	return false
 }
 
 // Parent is a host to download pieces from.
@@ -1775,7 +1789,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
 	"\x06failed\x18\x02 \x03(\tR\x06failed\"$\n" +
 	"\tLeaveTask\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\xa3\x02\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\xc8\x02\n" +
 	"\bTaskInfo\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12%\n" +
 	"\x0econtent_length\x18\x02 \x01(\x03R\rcontentLength\x12\x1d\n" +
@@ -1787,7 +1801,9 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\bcomplete\x18\x06 \x01(\bR\bcomplete\x12\x14\n" +
 	"\x05token\x18\a \x01(\tR\x05token\x12*\n" +
 	"\x11token_expiry_unix\x18\b \x01(\x03R\x0ftokenExpiryUnix\x12\x16\n" +
-	"\x06digest\x18\t \x01(\tR\x06digest\"s\n" +
+	"\x06digest\x18\t \x01(\tR\x06digest\x12#\n" +
+	"\rsums_verified\x18\n" +
+	" \x01(\bR\fsumsVerified\"s\n" +
 	"\x06Parent\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x16\n" +
