@@ -258,7 +258,11 @@ func (t *task) loop(ctx context.Context) error {
 			t.flushReports()
 		case <-refresh.C:
 			ticks++
-			if err := t.tick(ctx, ticks%4 == 0); err != nil {
+			// Ask for fresh parents each second while starved or short of
+			// parents, else every five seconds: at thousands of hosts per
+			// task the scheduler's cost is per request.
+			refresh := ticks%4 == 0 && (ticks%20 == 0 || t.starved())
+			if err := t.tick(ctx, refresh); err != nil {
 				return err
 			}
 		}
@@ -296,6 +300,28 @@ func (t *task) tick(ctx context.Context, refresh bool) error {
 		return &TaskError{Class: errdefs.ErrUnavailable, Msg: fmt.Sprintf("task %s: no progress for %s", t.id, t.p.cfg.StallTimeout)}
 	}
 	return nil
+}
+
+// starved reports whether the task lacks useful parents: fewer than two,
+// or none holding a missing piece that is not already in flight.
+func (t *task) starved() bool {
+	if len(t.parents) < 2 {
+		return true
+	}
+	t.mu.Lock()
+	have, count := t.have.Clone(), t.count
+	t.mu.Unlock()
+	for n := 0; n < count; n++ {
+		if have.Has(n) || len(t.inflight[n]) > 0 {
+			continue
+		}
+		for _, ps := range t.parents {
+			if ps.bitmap.Has(n) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // canFinishWithParents reports whether every missing piece has a known
