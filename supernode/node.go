@@ -25,6 +25,8 @@ import (
 	"github.com/pouchfly/pouchfly/internal/tasktoken"
 	"github.com/pouchfly/pouchfly/piece"
 	"github.com/pouchfly/pouchfly/scheduler"
+	"github.com/pouchfly/pouchfly/supernode/httpapi"
+	"github.com/pouchfly/pouchfly/supernode/preheat"
 )
 
 // NodeConfig is supernode.yaml: the listeners and every package's section.
@@ -55,6 +57,9 @@ type NodeConfig struct {
 	Auth AuthConfig `yaml:"auth"`
 	// UploadMaxConcurrent caps the CDN's concurrent piece uploads.
 	UploadMaxConcurrent int `yaml:"upload_max_concurrent"`
+	// API tunes the admin API, preheat, the registry webhook and the
+	// dashboard served on HTTPListen.
+	API httpapi.Config `yaml:"api"`
 }
 
 // DefaultNodeConfig returns the defaults `supernode config default` prints.
@@ -71,6 +76,7 @@ func DefaultNodeConfig() NodeConfig {
 		CDN:                 cdn.DefaultConfig(),
 		Auth:                DefaultAuthConfig(),
 		UploadMaxConcurrent: 256,
+		API:                 httpapi.DefaultConfig(),
 	}
 }
 
@@ -108,6 +114,9 @@ func (c NodeConfig) Validate() error {
 	if err := c.Scheduler.Validate(); err != nil {
 		return err
 	}
+	if err := c.API.Validate(); err != nil {
+		return err
+	}
 	return c.CDN.Validate()
 }
 
@@ -137,6 +146,8 @@ type Node struct {
 	cdnEgress               atomic.Int64
 	cdnEgressMetric         prometheus.Counter
 	registry                *prometheus.Registry
+	preheat                 *preheat.Manager
+	api                     *httpapi.Server
 }
 
 // NewNode builds a supernode.
@@ -186,17 +197,17 @@ func NewNode(cfg NodeConfig, opts NodeOptions) (n *Node, err error) {
 	var seeder scheduler.Seeder
 	var auth *AuthSeeder
 	rep := &Reporter{}
+	client := opts.OriginClient
+	if client == nil {
+		client = &http.Client{Transport: &http.Transport{
+			Proxy:               http.ProxyFromEnvironment,
+			DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSHandshakeTimeout: 10 * time.Second,
+			MaxIdleConnsPerHost: 16,
+			ReadBufferSize:      256 << 10,
+		}}
+	}
 	if cfg.CDNEnabled {
-		client := opts.OriginClient
-		if client == nil {
-			client = &http.Client{Transport: &http.Transport{
-				Proxy:               http.ProxyFromEnvironment,
-				DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-				TLSHandshakeTimeout: 10 * time.Second,
-				MaxIdleConnsPerHost: 16,
-				ReadBufferSize:      256 << 10,
-			}}
-		}
 		if n.cdn, err = cdn.New(cfg.CDN, n.store, client, rep, clk, cdn.WithLogger(log)); err != nil {
 			return nil, err
 		}
@@ -259,6 +270,21 @@ func NewNode(cfg NodeConfig, opts NodeOptions) (n *Node, err error) {
 	hmux := http.NewServeMux()
 	hmux.Handle("GET /metrics", promhttp.HandlerFor(n.registry, promhttp.HandlerOpts{}))
 	hmux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	if n.httpLn != nil {
+		// Preheat, webhook, dashboard: the API lives on the HTTP listener.
+		popts := preheat.Options{Client: client, Clock: clk, Logger: log}
+		if n.cdn != nil {
+			popts.CDNStat = n.store.Stat
+		}
+		if n.preheat, err = preheat.New(cfg.API.Preheat, n.sched, popts); err != nil {
+			return nil, err
+		}
+		if n.api, err = httpapi.New(cfg.API, n.sched, n.preheat, httpapi.Options{Logger: log, Gatherer: n.registry, SupernodeID: cfg.Scheduler.SupernodeID}); err != nil {
+			return nil, err
+		}
+		n.registry.MustRegister(n.api.Collectors()...)
+		n.api.Register(hmux)
+	}
 	n.httpSrv = &http.Server{Handler: hmux, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10}
 	return n, nil
 }
@@ -302,7 +328,7 @@ func (n *Node) HTTPMux() *http.ServeMux { return n.httpSrv.Handler.(*http.ServeM
 func (n *Node) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 4)
+	errc := make(chan error, 8)
 	var wg sync.WaitGroup
 	serve := func(name string, f func() error) {
 		wg.Add(1)
@@ -321,6 +347,10 @@ func (n *Node) Run(ctx context.Context) error {
 	serve("pieces", func() error { return n.pieceSrv.Serve(n.pieceLn) })
 	if n.httpLn != nil {
 		serve("http", func() error { return n.httpSrv.Serve(n.httpLn) })
+	}
+	if n.preheat != nil {
+		serve("preheat", func() error { return n.preheat.Run(ctx) })
+		serve("api", func() error { return n.api.Run(ctx) })
 	}
 	n.log.Info("supernode up", "scheduler", n.Addr(), "pieces", n.PieceAddr(), "http", n.HTTPAddr())
 	var err error
@@ -341,6 +371,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.pieceSrv.Shutdown(sctx)
 	n.httpSrv.Shutdown(sctx)
 	n.pieceSrv.Close()
+	n.httpSrv.Close()
 	wg.Wait()
 	n.store.Close()
 	return err

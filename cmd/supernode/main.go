@@ -40,7 +40,8 @@ func rootCmd() *cobra.Command {
 its origin once (the CDN seeder) and serves those pieces to hosts.
 
 Ports (defaults): 8002 gRPC sessions from agents, 8001 CDN pieces,
-8080 /metrics and /healthz.
+8080 /metrics, /healthz, the dashboard (/) and the API (/api/v1/…:
+preheat jobs, registry webhook, dashboard state and events).
 
 Configuration: defaults (supernode config default), then --config FILE (YAML),
 then POUCHFLY_* environment variables (POUCHFLY_SCHEDULER_MAX_PARENTS=6), then flags.`,
@@ -96,5 +97,6 @@ then POUCHFLY_* environment variables (POUCHFLY_SCHEDULER_MAX_PARENTS=6), then f
 		},
 	})
 	c.AddCommand(cfgCmd)
+	c.AddCommand(preheatCmd())
 	return c
 }
