@@ -26,7 +26,7 @@ proto:
 
 ## deps: system packages the tests need (root; no-op when present)
 deps:
-	@./test/deps.sh ctr:containerd containerd:containerd skopeo:skopeo ip:iproute2 tc:iproute2 runc:runc
+	@./test/deps.sh ctr:containerd containerd:containerd skopeo:skopeo ip:iproute2 tc:iproute2 runc:runc chromium:chromium
 
 ## test: everything CI runs
 test: deps
@@ -47,9 +47,26 @@ bench-local:
 	$(GO) build -o $(BIN)/bench-local ./test/bench/local
 	timeout 25m $(BIN)/bench-local --go $(GO) --size 1GiB --runs 3 --report bench-local-report.json \
 	  --sched-bench $(BIN)/bench-local-scheduler.txt --profile $(BIN)/bench-local-cpu.prof
+	timeout 15m $(GO) run ./test/bench/mirror --size 1GiB --report bench-mirror-report.json
 
-## bench: the multi-host testbed benchmark (root)
-bench: bench-local
+## bench: the multi-host testbed benchmark (root, issue #4): direct vs p2p vs BitTorrent on network
+## namespaces with tc tbf caps → bench-report.json, bench-table.md, docs/img/*.png, docs/benchmarks.md.
+## Override any default: make bench BENCH_HOSTS=1,8 BENCH_SIZE=16MiB BENCH_FLAGS='--agent-set peer.max_parallel_pieces=8'
+BENCH_SIZE       ?= 64MiB
+BENCH_HOSTS      ?= 1,2,4,8,16,32
+BENCH_MODES      ?= direct,p2p,bittorrent
+BENCH_HOST_CAP   ?= 50
+BENCH_ORIGIN_CAP ?= 200
+BENCH_SN_CAP     ?= 200
+BENCH_TIMEOUT    ?= 90m
+BENCH_FLAGS      ?=
+BENCH_ARGS = --size $(BENCH_SIZE) --hosts $(BENCH_HOSTS) --modes $(BENCH_MODES) --host-cap $(BENCH_HOST_CAP) \
+	  --origin-cap $(BENCH_ORIGIN_CAP) --supernode-cap $(BENCH_SN_CAP) --timeout $(BENCH_TIMEOUT) $(BENCH_FLAGS)
+bench: build
+	$(GO) build -o $(BIN)/pouchfly-bench ./test/bench/testbed
+	timeout -s INT -k 3m $(BENCH_TIMEOUT) $(BIN)/pouchfly-bench --bin $(BIN) --report bench-report.json \
+	  --table bench-table.md --img-dir docs/img --docs docs/benchmarks.md \
+	  --command "make bench $(MAKEOVERRIDES)" $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BIN) demo-report.json
