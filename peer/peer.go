@@ -295,9 +295,13 @@ func (p *Peer) Run(ctx context.Context) error {
 	case err = <-errc:
 		cancel()
 	}
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// Uploads in flight get a second to finish; idle and never-used
+	// connections are closed at once.
+	sctx, scancel := context.WithTimeout(context.Background(), time.Second)
 	defer scancel()
-	p.upload.Shutdown(sctx)
+	if p.upload.Shutdown(sctx) != nil {
+		p.upload.Close()
+	}
 	wg.Wait()
 	p.wg.Wait()
 	p.pieceClient.CloseIdleConnections()

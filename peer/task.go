@@ -741,6 +741,9 @@ func (t *task) handleResult(r pieceResult) error {
 		return nil // an endgame loser, or shutdown
 	}
 	res := &schedulerv1.PieceResult{Piece: uint32(r.n), ParentId: r.parent, Bytes: uint64(r.bytes), CostMs: uint32(r.cost.Milliseconds())}
+	if r.err == nil && r.bytes == 0 {
+		return nil // another copy of the piece landed first: nothing moved
+	}
 	if r.err == nil {
 		// Stop the other copies of this piece.
 		for _, c := range fs {
