@@ -13,6 +13,7 @@ all: build
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/pouch-init ./cmd/pouch-init
 
 ## proto: regenerate api/ from the .proto files (protoc from Debian, plugins pinned in go.mod)
 proto:
@@ -26,7 +27,8 @@ proto:
 
 ## deps: system packages the tests need (root; no-op when present)
 deps:
-	@./test/deps.sh ctr:containerd containerd:containerd skopeo:skopeo ip:iproute2 tc:iproute2 runc:runc chromium:chromium
+	@./test/deps.sh ctr:containerd containerd:containerd skopeo:skopeo ip:iproute2 tc:iproute2 runc:runc chromium:chromium \
+	  lxcfs:lxcfs mkfs.ext4:e2fsprogs busybox:busybox-static unshare:util-linux fusermount3:fuse3
 
 ## test: everything CI runs
 test: deps
