@@ -5,7 +5,7 @@ PKGS    := ./...
 GOFLAGS ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build test demo bench bench-local proto deps tools clean lint
+.PHONY: all build test demo bench bench-local proto deps tools clean lint fuzz
 
 all: build
 
@@ -34,6 +34,13 @@ deps:
 test: deps
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 15m $(PKGS)
+
+## fuzz: every `go test -fuzz` target for FUZZTIME each, one after another (test/fuzz.sh);
+## FUZZ=regexp picks targets ("piece/", "FuzzMirror"). Crashers land in <pkg>/testdata/fuzz/.
+FUZZTIME ?= 20s
+FUZZ     ?= .
+fuzz:
+	FUZZTIME=$(FUZZTIME) FUZZ='$(FUZZ)' GO=$(GO) ./test/fuzz.sh
 
 ## demo: origin + registry + supernode + 8 agents on loopback: a 256 MiB file and a multi-layer image to every host
 demo: build
@@ -67,7 +74,7 @@ BENCH_ARGS = --size $(BENCH_SIZE) --hosts $(BENCH_HOSTS) --modes $(BENCH_MODES) 
 bench: build
 	$(GO) build -o $(BIN)/pouchfly-bench ./test/bench/testbed
 	timeout -s INT -k 3m $(BENCH_TIMEOUT) $(BIN)/pouchfly-bench --bin $(BIN) --report bench-report.json \
-	  --table bench-table.md --img-dir docs/img --docs docs/benchmarks.md \
+	  --table $(BIN)/bench-table.md --img-dir docs/img --docs docs/benchmarks.md \
 	  --command "make bench $(MAKEOVERRIDES)" $(BENCH_ARGS)
 
 clean:

@@ -2,6 +2,7 @@ package cdn
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -109,9 +110,12 @@ func parseContentRange(s string) (contentRange, error) {
 	cr.last, err2 = strconv.ParseInt(strings.TrimSpace(b), 10, 64)
 	cr.total = -1
 	if t := strings.TrimSpace(tot); t != "*" {
-		cr.total, err3 = strconv.ParseInt(t, 10, 64)
+		if cr.total, err3 = strconv.ParseInt(t, 10, 64); err3 == nil && cr.total < 0 {
+			err3 = fmt.Errorf("negative total")
+		}
 	}
-	if err1 != nil || err2 != nil || err3 != nil || cr.first < 0 || cr.last < cr.first || (cr.total >= 0 && cr.last >= cr.total) {
+	// last < MaxInt64 keeps last-first+1 from overflowing.
+	if err1 != nil || err2 != nil || err3 != nil || cr.first < 0 || cr.last < cr.first || cr.last == math.MaxInt64 || (cr.total >= 0 && cr.last >= cr.total) {
 		return contentRange{}, bad
 	}
 	return cr, nil

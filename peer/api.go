@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/internal/httpserver"
 )
 
 // The local API: HTTP over the agent's unix socket, used by dfget and the
@@ -162,7 +163,10 @@ func (p *Peer) ServeAPI(ctx context.Context, path string) error {
 		return fmt.Errorf("api socket: %w", err)
 	}
 	os.Chmod(path, 0o660)
-	srv := &http.Server{Handler: p.APIHandler(), ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10}
+	lim := httpserver.DefaultLimits()
+	lim.MaxHeaderBytes = 64 << 10
+	// Download requests are small JSON bodies, sent at once.
+	srv := lim.Server(httpserver.BoundBody(p.APIHandler(), 1<<20, 30*time.Second), p.log.With("component", "api"))
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

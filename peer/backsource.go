@@ -222,13 +222,14 @@ func parseContentRange(v string) (start, total int64, ok bool) {
 	if !found {
 		return 0, 0, false
 	}
-	s, _, found := strings.Cut(rng, "-")
+	s, e, found := strings.Cut(rng, "-")
 	if !found {
 		return 0, 0, false
 	}
 	start, err1 := strconv.ParseInt(s, 10, 64)
 	total, err2 := strconv.ParseInt(tot, 10, 64)
-	if err1 != nil || err2 != nil || start < 0 {
+	end, err3 := strconv.ParseInt(e, 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || start < 0 || end < start || end >= total {
 		return 0, 0, false
 	}
 	return start, total, true

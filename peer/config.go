@@ -10,7 +10,10 @@ import (
 	"time"
 
 	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/internal/httpserver"
+	"github.com/pouchfly/pouchfly/internal/tlsconfig"
 	"github.com/pouchfly/pouchfly/internal/units"
+	"github.com/pouchfly/pouchfly/piece"
 )
 
 // Config is the peer agent's configuration (the `peer:` section of
@@ -73,8 +76,25 @@ type Config struct {
 	// GCInterval is how often GC runs.
 	GCInterval time.Duration `yaml:"gc_interval"`
 	// FilterQuery lists URL query keys ignored in task identity
-	// (signatures, expiry).
+	// (signatures, expiry). The supernode accepts a URL task only under
+	// the ID of its URL with none or its own scheduler.filter_query keys
+	// dropped: keep both lists equal.
 	FilterQuery []string `yaml:"filter_query"`
+	// UploadServer bounds the upload server's connections: header read
+	// deadline (slowloris), keep-alive idle time, header size.
+	UploadServer httpserver.Limits `yaml:"upload_server"`
+	// UploadClientRate is how many piece requests per second one client
+	// (remote IP) may make to the upload server, UploadClientBurst how
+	// many at once; beyond, 429 with Retry-After. 0: no per-client limit.
+	UploadClientRate  float64 `yaml:"upload_client_rate"`
+	UploadClientBurst int     `yaml:"upload_client_burst"`
+	// UploadClientMaxConcurrent caps one client's uploads in flight (429
+	// beyond), so that one host cannot hold every max_uploads slot.
+	UploadClientMaxConcurrent int `yaml:"upload_client_max_concurrent"`
+	// TLS secures the session to the supernode, piece fetches and the
+	// upload server (cluster-wide: set it on the supernode and every
+	// agent, or nowhere). Empty: plaintext.
+	TLS tlsconfig.AgentConfig `yaml:"tls"`
 }
 
 // DefaultConfig returns the defaults `dfget config default` prints.
@@ -96,7 +116,12 @@ func DefaultConfig() Config {
 		StallTimeout:      60 * time.Second,
 		TaskTTL:           6 * time.Hour,
 		GCInterval:        time.Minute,
-		FilterQuery:       []string{"Signature", "Expires", "X-Amz-Signature", "X-Amz-Date", "X-Amz-Credential", "X-Amz-Security-Token"},
+		FilterQuery:       append([]string(nil), piece.DefaultFilterQuery...),
+
+		UploadServer:              httpserver.DefaultLimits(),
+		UploadClientRate:          1000,
+		UploadClientBurst:         2000,
+		UploadClientMaxConcurrent: 32,
 	}
 }
 
@@ -134,6 +159,14 @@ func (c Config) Validate() error {
 		return bad("gc_interval must be positive")
 	case len(c.Labels) > 32:
 		return bad("at most 32 labels")
+	case c.UploadClientRate < 0 || c.UploadClientMaxConcurrent < 0 || (c.UploadClientRate > 0 && c.UploadClientBurst < 1):
+		return bad("upload_client_rate and upload_client_max_concurrent must not be negative, upload_client_burst ≥ 1 with a rate")
+	}
+	if err := c.UploadServer.Validate(); err != nil {
+		return bad("upload_server: %v", err)
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return bad("%v", err)
 	}
 	return nil
 }

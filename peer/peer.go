@@ -3,6 +3,7 @@ package peer
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -23,6 +24,8 @@ import (
 
 	schedulerv1 "github.com/pouchfly/pouchfly/api/scheduler/v1"
 	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/internal/httpserver"
+	"github.com/pouchfly/pouchfly/internal/ratelimit"
 	"github.com/pouchfly/pouchfly/internal/tasktoken"
 	"github.com/pouchfly/pouchfly/piece"
 )
@@ -41,6 +44,7 @@ type Peer struct {
 
 	sess        *session
 	pieceClient *http.Client
+	pieceScheme string // "https://" when TLS is on
 	origin      *http.Client
 	upLimit     *rate.Limiter
 	downLimit   *rate.Limiter
@@ -66,7 +70,8 @@ type Options struct {
 	// OriginClient fetches from origins when going back to source; nil: a
 	// client with sane timeouts and the system CAs.
 	OriginClient *http.Client
-	// SupernodeCreds secures the session (nil: plaintext).
+	// SupernodeCreds secures the session (nil: from Config.TLS, or
+	// plaintext).
 	SupernodeCreds credentials.TransportCredentials
 }
 
@@ -88,13 +93,17 @@ func New(cfg Config, store piece.Store, opts Options) (*Peer, error) {
 		return nil, err
 	}
 	p.log = log.With("peer", p.hostID)
+	clientTLS, serverTLS, err := cfg.TLS.Load()
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", cfg.UploadListen)
 	if err != nil {
 		return nil, fmt.Errorf("upload server: %w", err)
 	}
-	p.uploadLn = ln
 	p.ip = advertiseIP(cfg, ln.Addr())
-	p.pieceClient = &http.Client{Transport: &http.Transport{
+	p.uploadLn = ln
+	pieceTransport := &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConnsPerHost:   cfg.PerParentPieces * 2,
 		IdleConnTimeout:       90 * time.Second,
@@ -102,7 +111,20 @@ func New(cfg Config, store piece.Store, opts Options) (*Peer, error) {
 		DisableCompression:    true,
 		WriteBufferSize:       64 << 10,
 		ReadBufferSize:        256 << 10,
-	}}
+	}
+	creds := opts.SupernodeCreds
+	if clientTLS != nil {
+		// TLS is cluster-wide: every parent (hosts and the CDN) serves
+		// it, and this host's uploads do too.
+		pieceTransport.TLSClientConfig = clientTLS
+		pieceTransport.TLSHandshakeTimeout = 5 * time.Second
+		p.pieceScheme = "https://"
+		p.uploadLn = tls.NewListener(ln, serverTLS)
+		if creds == nil {
+			creds = credentials.NewTLS(clientTLS)
+		}
+	}
+	p.pieceClient = &http.Client{Transport: pieceTransport}
 	p.origin = opts.OriginClient
 	if p.origin == nil {
 		p.origin = &http.Client{CheckRedirect: dropCredentialsAcrossOrigins, Transport: &http.Transport{
@@ -120,6 +142,14 @@ func New(cfg Config, store piece.Store, opts Options) (*Peer, error) {
 	if cfg.DownloadRate > 0 {
 		p.downLimit = rate.NewLimiter(rate.Limit(cfg.DownloadRate), max(int(cfg.DownloadRate), piece.ChunkSize))
 	}
+	var clients *ratelimit.Keyed
+	if cfg.UploadClientRate > 0 || cfg.UploadClientMaxConcurrent > 0 {
+		r := rate.Inf
+		if cfg.UploadClientRate > 0 {
+			r = rate.Limit(cfg.UploadClientRate)
+		}
+		clients = ratelimit.New(float64(r), cfg.UploadClientBurst, 4096, nil)
+	}
 	p.pieces = piece.NewHandler(store, piece.ServerOptions{
 		Authorize:     p.authorize,
 		MaxConcurrent: cfg.MaxUploads,
@@ -127,17 +157,14 @@ func New(cfg Config, store piece.Store, opts Options) (*Peer, error) {
 		OnServed: func(task string, n int, bytes int64, host string) {
 			p.metrics.uploadBytes.Add(float64(bytes))
 		},
+		Clients:      clients,
+		MaxPerClient: cfg.UploadClientMaxConcurrent,
 	})
 	mux := http.NewServeMux()
 	p.pieces.Register(mux)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	p.upload = &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    16 << 10,
-	}
-	p.sess = newSession(cfg.Supernodes, opts.SupernodeCreds, p.hello, p.dispatch, p.sessionChanged, p.log)
+	mux.Handle("GET /healthz", httpserver.NoBody(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })))
+	p.upload = cfg.UploadServer.Server(mux, p.log.With("component", "upload"))
+	p.sess = newSession(cfg.Supernodes, creds, p.hello, p.dispatch, p.sessionChanged, p.log)
 	return p, nil
 }
 
@@ -238,7 +265,7 @@ func (p *Peer) authorize(r *http.Request, task string) (string, error) {
 }
 
 func (p *Peer) fetchPiece(ctx context.Context, addr, task string, n int, token string) (io.ReadCloser, int64, error) {
-	return piece.FetchPiece(ctx, p.pieceClient, addr, task, n, token)
+	return piece.FetchPiece(ctx, p.pieceClient, p.pieceScheme+addr, task, n, token)
 }
 
 // limitDownload applies the host's download rate limit to r.
@@ -356,7 +383,9 @@ func (p *Peer) hello() *schedulerv1.Hello {
 	stats, _ := p.store.List(context.Background())
 	sort.Slice(stats, func(i, j int) bool { return stats[i].LastAccess.After(stats[j].LastAccess) })
 	for _, st := range stats {
-		if !st.Complete || len(h.Held) >= 256 {
+		// Only digest tasks: the supernode cannot check a URL task's
+		// digests offered by a host, so it takes none.
+		if !st.Complete || len(h.Held) >= 256 || !strings.HasPrefix(st.TaskID, "sha256:") {
 			continue
 		}
 		sums, err := p.store.PieceSums(context.Background(), st.TaskID)

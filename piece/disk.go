@@ -99,7 +99,7 @@ func (s *DiskStore) load(dir string) (*diskTask, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, err
 	}
-	if ValidTaskID(m.TaskID) != nil || dirName(m.TaskID) != filepath.Base(dir) || m.PieceSize <= 0 || m.PieceSize > MaxSize {
+	if validMeta(m.Meta) != nil || dirName(m.TaskID) != filepath.Base(dir) {
 		return nil, errors.New("bad meta")
 	}
 	t := &diskTask{dir: dir, meta: m.Meta, complete: m.Complete}
@@ -113,12 +113,15 @@ func (s *DiskStore) load(dir string) (*diskTask, error) {
 	}
 	zero := make([]byte, sha256.Size)
 	for n := 0; (n+1)*sha256.Size <= len(raw); n++ {
+		if t.meta.ContentLength >= 0 && n >= t.meta.Count() {
+			break // sums past the end of the content are not pieces
+		}
 		sum := raw[n*sha256.Size : (n+1)*sha256.Size]
 		if !bytes.Equal(sum, zero) {
 			t.setSum(n, append([]byte(nil), sum...))
 		}
 	}
-	if t.complete && !t.bitmap.Full(t.meta.Count()) {
+	if t.complete && (t.meta.ContentLength < 0 || !t.bitmap.Full(t.meta.Count())) {
 		t.complete = false
 	}
 	if fi, err := t.data.Stat(); err == nil {

@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/time/rate"
 
 	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/internal/ratelimit"
 )
 
 // PiecePath is the data-plane route every upload server (peer or CDN)
@@ -34,6 +37,14 @@ type ServerOptions struct {
 	Limiter *rate.Limiter
 	// OnServed is called after each piece sent in full.
 	OnServed func(task string, n int, bytes int64, host string)
+	// Clients, if set, rate-limits requests per client (by remote IP),
+	// before anything else is done for them; a request beyond its
+	// client's rate gets 429 with Retry-After.
+	Clients *ratelimit.Keyed
+	// MaxPerClient caps one client's uploads in flight (0: no cap; needs
+	// Clients); beyond it requests get 429, so one host cannot take every
+	// slot of MaxConcurrent.
+	MaxPerClient int
 }
 
 // ChunkSize is the unit of rate-limited sends (each chunk still goes out
@@ -66,6 +77,23 @@ func (h *Handler) Register(mux *http.ServeMux) { mux.Handle("GET "+PiecePath, h)
 
 // ServeHTTP implements http.Handler for GET /tasks/{task}/pieces/{n}.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	client, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		client = r.RemoteAddr
+	}
+	if h.opts.Clients != nil {
+		if ok, wait := h.opts.Clients.Allow(client); !ok {
+			tooMany(w, wait, "too many requests from "+client)
+			return
+		}
+	}
+	if r.ContentLength != 0 {
+		// Piece GETs have no body; one is only a way to hold the
+		// connection (the server would wait to drain it).
+		w.Header().Set("Connection", "close")
+		http.Error(w, "request bodies are not accepted", http.StatusRequestEntityTooLarge)
+		return
+	}
 	task := r.PathValue("task")
 	n, err := strconv.Atoi(r.PathValue("n"))
 	if err != nil || n < 0 || n >= MaxCount || ValidTaskID(task) != nil {
@@ -78,6 +106,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "task token rejected", http.StatusForbidden)
 			return
 		}
+	}
+	if h.opts.Clients != nil && h.opts.MaxPerClient > 0 {
+		release, ok := h.opts.Clients.Acquire(client, h.opts.MaxPerClient)
+		if !ok {
+			tooMany(w, time.Second, "too many uploads in flight to "+client)
+			return
+		}
+		defer release()
 	}
 	if h.slots != nil {
 		select {
@@ -106,6 +142,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err == nil && sent == rd.Size && h.opts.OnServed != nil {
 		h.opts.OnServed(task, n, sent, host)
 	}
+}
+
+// tooMany answers 429 with Retry-After in whole seconds (at least 1).
+func tooMany(w http.ResponseWriter, wait time.Duration, msg string) {
+	secs := int64((wait + time.Second - 1) / time.Second)
+	w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
+	http.Error(w, msg, http.StatusTooManyRequests)
 }
 
 // copy sends rd, through the limiter if any, keeping the sendfile path:

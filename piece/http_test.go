@@ -8,13 +8,17 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/internal/ratelimit"
 	"github.com/pouchfly/pouchfly/internal/tasktoken"
 	"github.com/pouchfly/pouchfly/piece"
 )
@@ -59,6 +63,11 @@ func TestPieceHTTP(t *testing.T) {
 	}
 	got, _ := io.ReadAll(body)
 	body.Close()
+	// OnServed runs after the handler's copy returns, which may be just
+	// after the client read the last byte.
+	for i := 0; i < 100 && served.Load() == 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if !bytes.Equal(got, data[1<<20:2<<20]) || served.Load() != 1 {
 		t.Fatalf("piece 1 differs or not counted (served=%d)", served.Load())
 	}
@@ -96,5 +105,83 @@ func TestFetchPieceCancelled(t *testing.T) {
 	_, _, err := piece.FetchPiece(ctx, srv.Client(), srv.URL, "sha256:"+hex.EncodeToString(make([]byte, 32)), 0, "")
 	if !errors.Is(err, context.Canceled) || errors.Is(err, errdefs.ErrUnavailable) {
 		t.Fatalf("err = %v, want context.Canceled and not ErrUnavailable", err)
+	}
+}
+
+// One client cannot take every upload slot: beyond MaxPerClient its
+// requests get 429 with Retry-After while another client is served, and
+// a client over its request rate gets 429 too.
+func TestPerClientLimits(t *testing.T) {
+	ctx := context.Background()
+	store := piece.NewMemoryStore(0, nil)
+	data := make([]byte, 1<<20)
+	sum := sha256.Sum256(data)
+	id := "sha256:" + hex.EncodeToString(sum[:])
+	if err := store.Create(ctx, piece.Meta{TaskID: id, ContentLength: int64(len(data)), PieceSize: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.WritePiece(ctx, id, 0, bytes.NewReader(data), nil); err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := tasktoken.NewSigner(nil)
+	h := piece.NewHandler(store, piece.ServerOptions{
+		Authorize: func(r *http.Request, task string) (string, error) {
+			return tasktoken.Verify(signer.Public(), r.Header.Get(piece.TokenHeader), task, time.Now())
+		},
+		MaxConcurrent: 8,
+		// 2 MiB/s for everyone: a 1 MiB piece takes a while to send.
+		Limiter:      rate.NewLimiter(2<<20, piece.ChunkSize),
+		Clients:      ratelimit.New(1000, 1000, 16, nil),
+		MaxPerClient: 2,
+	})
+	mux := http.NewServeMux()
+	h.Register(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	tok := signer.Sign(id, "h", time.Now().Add(time.Minute))
+	get := func(from string) (*http.Response, error) {
+		tr := &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}).DialContext}
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/tasks/"+id+"/pieces/0", nil)
+		req.Header.Set(piece.TokenHeader, tok)
+		return (&http.Client{Transport: tr}).Do(req)
+	}
+	// The greedy client holds two slow uploads...
+	var held []*http.Response
+	for i := 0; i < 2; i++ {
+		resp, err := get("127.0.0.1")
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("greedy upload %d: %v %v", i, resp, err)
+		}
+		held = append(held, resp)
+	}
+	// ...its third is refused, another client is served.
+	resp, err := get("127.0.0.1")
+	if err != nil || resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("third greedy upload: %v %v, want 429 with Retry-After", resp, err)
+	}
+	resp.Body.Close()
+	resp, err = get("127.0.0.2")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("other client: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	for _, r := range held {
+		r.Body.Close()
+	}
+
+	// Request rate: a burst of 5 then 429.
+	h2 := piece.NewHandler(store, piece.ServerOptions{Clients: ratelimit.New(1, 5, 16, nil)})
+	mux2 := http.NewServeMux()
+	h2.Register(mux2)
+	codes := map[int]int{}
+	for i := 0; i < 8; i++ {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodGet, "/tasks/"+id+"/pieces/0", nil)
+		r.RemoteAddr = "10.0.0.1:1234"
+		mux2.ServeHTTP(w, r)
+		codes[w.Code]++
+	}
+	if codes[200] != 5 || codes[429] != 3 {
+		t.Fatalf("8 requests at a 5-request burst: %v", codes)
 	}
 }

@@ -47,7 +47,7 @@ func Count(length int64, pieceSize int32) int {
 	if length <= 0 || pieceSize <= 0 {
 		return 0
 	}
-	return int((length + int64(pieceSize) - 1) / int64(pieceSize))
+	return int((length-1)/int64(pieceSize) + 1) // no overflow near MaxInt64
 }
 
 // Range returns the offset and length of piece n.
@@ -84,6 +84,11 @@ func ValidDigest(d string) error {
 	}
 	return nil
 }
+
+// DefaultFilterQuery lists the query keys left out of task identity by
+// default (request signatures and their expiry: they change per request
+// for the same content).
+var DefaultFilterQuery = []string{"Signature", "Expires", "X-Amz-Signature", "X-Amz-Date", "X-Amz-Credential", "X-Amz-Security-Token"}
 
 // TaskID returns the identity of a download. A known digest is the task ID
 // (one swarm per content, whatever the URL). Otherwise it is the SHA-256 of

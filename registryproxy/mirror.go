@@ -162,6 +162,11 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		m.metrics.requests.WithLabelValues(rt.kind, strconv.Itoa(rec.code())).Inc()
 	}()
 	rec.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if r.ContentLength != 0 {
+		// Nothing the mirror serves reads a body (pushes get 405): close
+		// the connection after the answer rather than wait to drain it.
+		rec.Header().Set("Connection", "close")
+	}
 	if n := headerSize(r); n > int(m.cfg.MaxHeaderBytes) {
 		newError(http.StatusRequestHeaderFieldsTooLarge, codeSizeInvalid, fmt.Sprintf("request headers exceed %d bytes", m.cfg.MaxHeaderBytes)).write(rec, r)
 		return

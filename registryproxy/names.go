@@ -1,6 +1,7 @@
 package registryproxy
 
 import (
+	"net"
 	"net/http"
 	"regexp"
 	"strings"
@@ -24,7 +25,20 @@ const maxNameLen = 255
 func validName(s string) bool   { return len(s) <= maxNameLen && nameRe.MatchString(s) }
 func validTag(s string) bool    { return tagRe.MatchString(s) }
 func validDigest(s string) bool { return digestRe.MatchString(s) }
-func validHost(s string) bool   { return len(s) <= 255 && hostRe.MatchString(s) }
+func validHost(s string) bool {
+	if len(s) > 255 || !hostRe.MatchString(s) {
+		return false
+	}
+	if ip, ok := strings.CutPrefix(s, "["); ok {
+		// The grammar admits any of [0-9a-f:.] in brackets; only an IPv6
+		// address makes a URL host.
+		ip, _, _ = strings.Cut(ip, "]")
+		if a := net.ParseIP(ip); a == nil || a.To4() != nil && !strings.Contains(ip, ":") {
+			return false
+		}
+	}
+	return true
+}
 
 // canonicalRegistry lower-cases a registry host and folds Docker Hub's
 // aliases into docker.io.

@@ -180,7 +180,10 @@ func (us *upstreams) pick(r *http.Request) (*upstream, *ociError) {
 	if us.cfg.DefaultRegistry == "" {
 		return nil, newError(http.StatusNotFound, codeNameUnknown, "no registry named (ns=) and no default registry")
 	}
-	return us.get(us.cfg.DefaultRegistry, true), nil
+	if u := us.get(us.cfg.DefaultRegistry, true); u != nil {
+		return u, nil
+	}
+	return nil, newError(http.StatusNotFound, codeNameUnknown, "the default registry has no usable address")
 }
 
 // do sends one request upstream with the given headers, bounded by the

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/piece"
 )
 
 // Config tunes the scheduler. The zero value is not valid; start from
@@ -60,6 +61,12 @@ type Config struct {
 	CDNFreshness time.Duration `yaml:"cdn_freshness"`
 	// Weights tune parent scoring.
 	Weights Weights `yaml:"weights"`
+	// FilterQuery lists the URL query keys agents leave out of task
+	// identity (their peer.filter_query; keep both equal). A URL task
+	// (no digest) is accepted only under the ID its URL, digest and range
+	// give with none or these keys dropped, so that no host can bind an
+	// ID to other content.
+	FilterQuery []string `yaml:"filter_query"`
 }
 
 // Weights are the terms of a candidate parent's score (see ChooseParents).
@@ -99,6 +106,7 @@ func DefaultConfig() Config {
 		FailureCacheTTL:          5 * time.Second,
 		MaxTasksPerHost:          10000,
 		Weights:                  DefaultWeights(),
+		FilterQuery:              append([]string(nil), piece.DefaultFilterQuery...),
 	}
 }
 

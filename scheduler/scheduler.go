@@ -320,6 +320,28 @@ func validateRegister(r *schedulerv1.RegisterTask) error {
 	return nil
 }
 
+// validateIdentity binds a task ID to what it names, so that a host
+// cannot register one URL's (or digest's) ID with other content: a URL
+// task's ID (64 hex) must be piece.TaskID of the URL, digest and range,
+// with none or the filter's query keys dropped; a digest ID must not come
+// with another digest. (The content of a digest task is checked against
+// its digest by every reader, so its URL may be any mirror of it.)
+func validateIdentity(r *schedulerv1.RegisterTask, filter []string) error {
+	id := r.GetTaskId()
+	if strings.Contains(id, ":") {
+		if r.GetRange() == "" && r.GetDigest() != "" && r.GetDigest() != id {
+			return fmt.Errorf("task %s registered with digest %s: %w", trunc(id, 80), trunc(r.GetDigest(), 80), errdefs.ErrInvalid)
+		}
+		return nil
+	}
+	for _, f := range [][]string{nil, filter} {
+		if want, err := piece.TaskID(r.GetUrl(), r.GetDigest(), f, r.GetRange()); err == nil && want == id {
+			return nil
+		}
+	}
+	return fmt.Errorf("task id %s is not the identity of its url, digest and range: %w", trunc(id, 80), errdefs.ErrInvalid)
+}
+
 // Register adds a host to a task's swarm. Invalid requests get a TaskError
 // (ERROR_INVALID) and an error wrapping errdefs.ErrInvalid; an unknown host
 // is errdefs.ErrNotFound; too many tasks on one host is
@@ -334,13 +356,23 @@ func (s *Scheduler) Register(hostID string, r *schedulerv1.RegisterTask) error {
 	if h == nil {
 		return fmt.Errorf("register: host %q: %w", trunc(hostID, 80), errdefs.ErrNotFound)
 	}
-	if err := validateRegister(r); err != nil {
+	err := validateRegister(r)
+	if err == nil {
+		err = validateIdentity(r, s.cfg.FilterQuery)
+	}
+	if err != nil {
 		s.send(h, errPacket(&schedulerv1.TaskError{TaskId: trunc(r.GetTaskId(), maxIDLen),
 			Code: schedulerv1.ErrorCode_ERROR_INVALID, Message: err.Error()}))
 		return fmt.Errorf("register: %w", err)
 	}
 	now := s.clk.Now()
 	req := &SeedRequest{TaskID: r.TaskId, HostID: hostID, URL: r.Url, Headers: r.Headers, Digest: r.Digest, Range: r.Range}
+	if req.Digest == "" && req.Range == "" && strings.HasPrefix(req.TaskID, "sha256:") {
+		// A digest task is seeded against its digest, whatever URL the
+		// registrant gave: other content fails the seed (digest mismatch)
+		// instead of being offered under the digest.
+		req.Digest = req.TaskID
+	}
 	log := s.log.With("task", r.TaskId, "peer", hostID)
 	t := s.tasks[r.TaskId]
 	if t == nil {
@@ -1144,10 +1176,15 @@ func (s *Scheduler) Leave(hostID, taskID string) {
 // seed. An unknown task is created from the host's metadata and digests;
 // for a known one they must agree with what is known (else ErrInvalid and
 // nothing changes). Digests the task lacked are sent to its downloading
-// hosts first.
+// hosts first. Only digest tasks can be offered: readers check their
+// content against the digest, while nothing could check a URL task's
+// digests that a host made up.
 func (s *Scheduler) Held(hostID string, ht *schedulerv1.HeldTask) error {
 	if err := validateHeld(ht); err != nil {
 		return fmt.Errorf("held task: %w", err)
+	}
+	if !strings.HasPrefix(ht.TaskId, "sha256:") {
+		return fmt.Errorf("held task %s: only digest tasks can be offered: %w", trunc(ht.TaskId, 80), errdefs.ErrInvalid)
 	}
 	s.lock()
 	defer s.unlock()

@@ -2,10 +2,12 @@ package supernode
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -17,12 +19,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	schedulerv1 "github.com/pouchfly/pouchfly/api/scheduler/v1"
 	"github.com/pouchfly/pouchfly/cdn"
 	"github.com/pouchfly/pouchfly/internal/clock"
 	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/internal/httpserver"
+	"github.com/pouchfly/pouchfly/internal/ratelimit"
 	"github.com/pouchfly/pouchfly/internal/tasktoken"
+	"github.com/pouchfly/pouchfly/internal/tlsconfig"
 	"github.com/pouchfly/pouchfly/piece"
 	"github.com/pouchfly/pouchfly/scheduler"
 	"github.com/pouchfly/pouchfly/supernode/httpapi"
@@ -60,6 +66,22 @@ type NodeConfig struct {
 	// API tunes the admin API, preheat, the registry webhook and the
 	// dashboard served on HTTPListen.
 	API httpapi.Config `yaml:"api"`
+	// PieceServer bounds the CDN piece server's connections: header read
+	// deadline (slowloris), keep-alive idle time, header size.
+	PieceServer httpserver.Limits `yaml:"piece_server"`
+	// UploadClientRate is how many piece requests per second one host
+	// (remote IP) may make to the CDN piece server, UploadClientBurst how
+	// many at once; beyond, 429 with Retry-After. 0: no per-host limit.
+	UploadClientRate  float64 `yaml:"upload_client_rate"`
+	UploadClientBurst int     `yaml:"upload_client_burst"`
+	// UploadClientMaxConcurrent caps one host's CDN uploads in flight
+	// (429 beyond), so that one host cannot hold every slot of
+	// upload_max_concurrent.
+	UploadClientMaxConcurrent int `yaml:"upload_client_max_concurrent"`
+	// TLS secures the gRPC listener and the CDN piece server, with mutual
+	// TLS when require_client_cert is set. TLS is cluster-wide: every
+	// agent then needs peer.tls. Empty: plaintext.
+	TLS tlsconfig.ServerConfig `yaml:"tls"`
 }
 
 // DefaultNodeConfig returns the defaults `supernode config default` prints.
@@ -77,6 +99,11 @@ func DefaultNodeConfig() NodeConfig {
 		Auth:                DefaultAuthConfig(),
 		UploadMaxConcurrent: 256,
 		API:                 httpapi.DefaultConfig(),
+
+		PieceServer:               httpserver.DefaultLimits(),
+		UploadClientRate:          1000,
+		UploadClientBurst:         2000,
+		UploadClientMaxConcurrent: 128,
 	}
 }
 
@@ -107,6 +134,15 @@ func (c NodeConfig) Validate() error {
 	}
 	if c.Auth.PositiveTTL < 0 || c.Auth.NegativeTTL < 0 || c.Auth.Timeout <= 0 || c.Auth.MaxConcurrent < 1 || c.Auth.MaxEntries < 1 {
 		return fmt.Errorf("supernode config: auth: ttls ≥ 0, timeout > 0, max_concurrent and max_entries ≥ 1: %w", errdefs.ErrInvalid)
+	}
+	if c.UploadClientRate < 0 || c.UploadClientMaxConcurrent < 0 || (c.UploadClientRate > 0 && c.UploadClientBurst < 1) {
+		return fmt.Errorf("supernode config: upload_client_rate and upload_client_max_concurrent must not be negative, upload_client_burst ≥ 1 with a rate: %w", errdefs.ErrInvalid)
+	}
+	if err := c.PieceServer.Validate(); err != nil {
+		return fmt.Errorf("supernode config: piece_server: %w", err)
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return fmt.Errorf("supernode config: %w", err)
 	}
 	if err := c.Session.Validate(); err != nil {
 		return err
@@ -148,6 +184,7 @@ type Node struct {
 	registry                *prometheus.Registry
 	preheat                 *preheat.Manager
 	api                     *httpapi.Server
+	httpMux                 *http.ServeMux
 }
 
 // NewNode builds a supernode.
@@ -172,6 +209,10 @@ func NewNode(cfg NodeConfig, opts NodeOptions) (n *Node, err error) {
 			}
 		}
 	}()
+	serverTLS, err := cfg.TLS.Load()
+	if err != nil {
+		return nil, err
+	}
 	if n.grpcLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("scheduler listener: %w", err)
 	}
@@ -238,7 +279,11 @@ func NewNode(cfg NodeConfig, opts NodeOptions) (n *Node, err error) {
 			return nil, err
 		}
 	}
-	n.grpcSrv = grpc.NewServer(n.srv.ServerOptions()...)
+	gopts := n.srv.ServerOptions()
+	if serverTLS != nil {
+		gopts = append(gopts, grpc.Creds(credentials.NewTLS(serverTLS)))
+	}
+	n.grpcSrv = grpc.NewServer(gopts...)
 	schedulerv1.RegisterSchedulerServer(n.grpcSrv, n.srv)
 
 	n.cdnEgressMetric = prometheus.NewCounter(prometheus.CounterOpts{
@@ -255,10 +300,17 @@ func NewNode(cfg NodeConfig, opts NodeOptions) (n *Node, err error) {
 			n.cdnEgress.Add(b)
 			n.cdnEgressMetric.Add(float64(b))
 		},
+		Clients:      clientLimits(cfg),
+		MaxPerClient: cfg.UploadClientMaxConcurrent,
 	})
 	pmux := http.NewServeMux()
 	h.Register(pmux)
-	n.pieceSrv = &http.Server{Handler: pmux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
+	n.pieceSrv = cfg.PieceServer.Server(pmux, log.With("component", "pieces"))
+	if serverTLS != nil {
+		ptls := serverTLS.Clone()
+		ptls.NextProtos = []string{"http/1.1"}
+		n.pieceLn = tls.NewListener(n.pieceLn, ptls)
+	}
 
 	n.registry = prometheus.NewRegistry()
 	n.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), n.cdnEgressMetric)
@@ -268,6 +320,7 @@ func NewNode(cfg NodeConfig, opts NodeOptions) (n *Node, err error) {
 		n.registry.MustRegister(n.cdn.Collectors()...)
 	}
 	hmux := http.NewServeMux()
+	n.httpMux = hmux
 	hmux.Handle("GET /metrics", promhttp.HandlerFor(n.registry, promhttp.HandlerOpts{}))
 	hmux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	if n.httpLn != nil {
@@ -285,8 +338,24 @@ func NewNode(cfg NodeConfig, opts NodeOptions) (n *Node, err error) {
 		n.registry.MustRegister(n.api.Collectors()...)
 		n.api.Register(hmux)
 	}
-	n.httpSrv = &http.Server{Handler: hmux, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10}
+	lim := httpserver.DefaultLimits()
+	lim.MaxHeaderBytes = 64 << 10
+	// POST bodies (preheat requests, webhooks) get 30 s and the API's
+	// body limit; event streams (GET) keep no deadline.
+	n.httpSrv = lim.Server(httpserver.BoundBody(hmux, int64(cfg.API.MaxBodyBytes), 30*time.Second), log.With("component", "http"))
 	return n, nil
+}
+
+// clientLimits returns the CDN piece server's per-host limiter (nil: off).
+func clientLimits(cfg NodeConfig) *ratelimit.Keyed {
+	if cfg.UploadClientRate <= 0 && cfg.UploadClientMaxConcurrent <= 0 {
+		return nil
+	}
+	r := math.Inf(1)
+	if cfg.UploadClientRate > 0 {
+		r = cfg.UploadClientRate
+	}
+	return ratelimit.New(r, cfg.UploadClientBurst, 4096, nil)
 }
 
 func (n *Node) closeListeners() {
@@ -322,7 +391,10 @@ func (n *Node) Registry() *prometheus.Registry { return n.registry }
 
 // HTTPMux lets later features (dashboard, preheat API) add routes; call
 // before Run.
-func (n *Node) HTTPMux() *http.ServeMux { return n.httpSrv.Handler.(*http.ServeMux) }
+func (n *Node) HTTPMux() *http.ServeMux { return n.httpMux }
+
+// Sessions returns the gRPC session layer (tests tap what it sends).
+func (n *Node) Sessions() *Server { return n.srv }
 
 // Run serves until ctx ends, then stops everything and returns.
 func (n *Node) Run(ctx context.Context) error {

@@ -128,6 +128,19 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session
+
+	tap atomic.Pointer[func(hostID string, p *schedulerv1.SchedulerPacket)]
+}
+
+// SetTap makes f see every packet about to be sent to a host, Welcome
+// included (tests check what hosts receive; nil removes it). f runs on
+// the host's send loop and must not block or keep p.
+func (s *Server) SetTap(f func(hostID string, p *schedulerv1.SchedulerPacket)) {
+	if f == nil {
+		s.tap.Store(nil)
+		return
+	}
+	s.tap.Store(&f)
 }
 
 var (
@@ -165,6 +178,9 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 		grpc.MaxSendMsgSize(s.cfg.MaxMessageBytes),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: s.cfg.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// A connection (TLS handshake included) must be up within the
+		// Hello timeout.
+		grpc.ConnectionTimeout(s.cfg.HelloTimeout),
 	}
 }
 
@@ -312,6 +328,9 @@ loop:
 		case <-ctx.Done():
 			break loop
 		case p := <-ss.out:
+			if tap := s.tap.Load(); tap != nil {
+				(*tap)(id, p)
+			}
 			if err := stream.Send(p); err != nil {
 				sendErr = err
 				cancel(err)

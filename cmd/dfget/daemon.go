@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/pouchfly/pouchfly/internal/cliconfig"
 	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/internal/httpserver"
 	"github.com/pouchfly/pouchfly/peer"
 	"github.com/pouchfly/pouchfly/piece"
 	"github.com/pouchfly/pouchfly/registryproxy"
@@ -184,7 +184,8 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		srv := &http.Server{Addr: cfg.MetricsListen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		srv := httpserver.DefaultLimits().Server(httpserver.NoBody(mux), log.With("component", "metrics"))
+		srv.Addr = cfg.MetricsListen
 		start(func() error {
 			go func() { <-ctx.Done(); srv.Close() }()
 			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {

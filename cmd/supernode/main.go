@@ -8,13 +8,16 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/pouchfly/pouchfly/internal/cliconfig"
 	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/internal/tlsconfig"
 	"github.com/pouchfly/pouchfly/supernode"
 )
 
@@ -98,5 +101,46 @@ then POUCHFLY_* environment variables (POUCHFLY_SCHEDULER_MAX_PARENTS=6), then f
 	})
 	c.AddCommand(cfgCmd)
 	c.AddCommand(preheatCmd())
+	c.AddCommand(genCertsCmd())
+	return c
+}
+
+func genCertsCmd() *cobra.Command {
+	var (
+		dir   string
+		hosts []string
+		days  int
+	)
+	c := &cobra.Command{
+		Use:   "gen-certs --dir DIR --hosts a,b,...",
+		Short: "Generate a test CA and one certificate per host for TLS and mutual TLS",
+		Long: `gen-certs writes a test PKI into DIR: ca.pem and ca-key.pem (an ECDSA P-256
+CA), and for each host (an IP or a DNS name, as agents and peers dial it)
+HOST.pem and HOST-key.pem, signed by the CA, valid both as a server and as a
+client certificate. Keep ca-key.pem off the hosts. For production use your
+own CA; docs/reliability.md shows the same with openssl.
+
+supernode.yaml:  tls: {cert: SUPERNODE.pem, key: SUPERNODE-key.pem, client_ca: ca.pem, require_client_cert: true}
+dfget.yaml:      peer: {tls: {ca: ca.pem, cert: HOST.pem, key: HOST-key.pem, require_client_cert: true}}`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if dir == "" || len(hosts) == 0 || days < 1 {
+				return fmt.Errorf("gen-certs: --dir, --hosts and --days ≥ 1 are required: %w", errdefs.ErrInvalid)
+			}
+			pki, err := tlsconfig.Generate(dir, hosts, time.Duration(days)*24*time.Hour)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "CA: %s (key %s)\n", pki.CA, pki.CAKey)
+			for _, h := range hosts {
+				p := pki.Hosts[strings.TrimSpace(h)]
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %s %s\n", h, p.Cert, p.Key)
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&dir, "dir", "", "output directory")
+	c.Flags().StringSliceVar(&hosts, "hosts", nil, "hosts (IPs or DNS names) to issue certificates for, comma-separated")
+	c.Flags().IntVar(&days, "days", 365, "validity in days")
 	return c
 }

@@ -71,7 +71,7 @@ func ParseSpec(values []string) (Spec, error) {
 				return Spec{}, fmt.Errorf("disk quota %q: a size for all mounts was already given: %w", v, errdefs.ErrInvalid)
 			}
 			s.def, s.hasDef = size, true
-			s.values = append(s.values, units.Format(size))
+			s.values = append(s.values, units.FormatExact(size))
 			continue
 		}
 		key = strings.TrimSpace(key)
@@ -100,7 +100,7 @@ func ParseSpec(values []string) (Spec, error) {
 			}
 			s.exact[key] = size
 		}
-		s.values = append(s.values, key+"="+units.Format(size))
+		s.values = append(s.values, key+"="+units.FormatExact(size))
 	}
 	return s, nil
 }

@@ -25,8 +25,8 @@ var suffixes = []struct {
 	{"b", 1},
 }
 
-// ParseBytes reads "123", "64MiB", "1.5g", "10MB". Negative and
-// overflowing values are errors wrapping errdefs.ErrInvalid.
+// ParseBytes reads "123", "64MiB", "1.5g", "10MB". Negative values and
+// values above 2^62 (4 EiB) are errors wrapping errdefs.ErrInvalid.
 func ParseBytes(s string) (int64, error) {
 	t := strings.ToLower(strings.TrimSpace(s))
 	mult := int64(1)
@@ -40,13 +40,14 @@ func ParseBytes(s string) (int64, error) {
 		return 0, fmt.Errorf("size %q: %w", s, errdefs.ErrInvalid)
 	}
 	if n, err := strconv.ParseInt(t, 10, 64); err == nil {
-		if n < 0 || (mult > 1 && n > (1<<62)/mult) {
+		if n < 0 || n > (1<<62)/mult {
 			return 0, fmt.Errorf("size %q out of range: %w", s, errdefs.ErrInvalid)
 		}
 		return n * mult, nil
 	}
 	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f < 0 || f*float64(mult) > float64(1<<62) {
+	// Written so that NaN fails too.
+	if err != nil || !(f >= 0 && f*float64(mult) <= float64(1<<62)) {
 		return 0, fmt.Errorf("size %q: want a number with an optional unit (k, m, g, KiB, MB…): %w", s, errdefs.ErrInvalid)
 	}
 	return int64(f * float64(mult)), nil
@@ -68,6 +69,17 @@ func Format(n int64) string {
 	return strings.TrimSuffix(s, ".0") + units[i]
 }
 
+// FormatExact prints n as Format does when that reads back to n exactly
+// ("64MiB", "1.5GiB"), else as plain bytes ("7000000B"): for values that
+// are stored and read again (configs, saved settings).
+func FormatExact(n int64) string {
+	s := Format(n)
+	if back, err := ParseBytes(s); err == nil && back == n {
+		return s
+	}
+	return strconv.FormatInt(n, 10) + "B"
+}
+
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (b *Bytes) UnmarshalText(text []byte) error {
 	n, err := ParseBytes(string(text))
@@ -79,7 +91,8 @@ func (b *Bytes) UnmarshalText(text []byte) error {
 }
 
 // MarshalText implements encoding.TextMarshaler.
-func (b Bytes) MarshalText() ([]byte, error) { return []byte(Format(int64(b))), nil }
+// It is lossless: the text reads back to the same value.
+func (b Bytes) MarshalText() ([]byte, error) { return []byte(FormatExact(int64(b))), nil }
 
 // String implements fmt.Stringer and pflag.Value.
 func (b Bytes) String() string { return Format(int64(b)) }
