@@ -60,6 +60,8 @@ type parentState struct {
 	bitmap   piece.Bitmap
 	inflight int
 	fails    int
+	// busyUntil rests a parent that answered 503/429.
+	busyUntil time.Time
 	// bytes and busy time of finished pieces, for throughput.
 	bytes int64
 	busy  time.Duration
@@ -659,8 +661,9 @@ func (t *task) pickParent(n int, exclude map[string]context.CancelFunc) *parentS
 			break
 		}
 	}
+	now := time.Now()
 	for _, ps := range t.parents {
-		if !ps.bitmap.Has(n) || ps.inflight >= t.p.cfg.PerParentPieces || ps.cdn && ps.inflight >= cdnCap {
+		if !ps.bitmap.Has(n) || ps.inflight >= t.p.cfg.PerParentPieces || ps.cdn && ps.inflight >= cdnCap || now.Before(ps.busyUntil) {
 			continue
 		}
 		if _, ex := exclude[ps.id]; ex {
@@ -767,6 +770,15 @@ func (t *task) handleResult(r pieceResult) error {
 		t.mu.Unlock()
 		t.reports = append(t.reports, res)
 		t.localFails = 0
+		return nil
+	}
+	if errors.Is(r.err, piece.ErrBusy) {
+		// A healthy parent at its upload limit: rest it a second, do not
+		// count it as a failure (at thousands of hosts the CDN's slots are
+		// full all the time).
+		if ps != nil {
+			ps.busyUntil = time.Now().Add(time.Second)
+		}
 		return nil
 	}
 	res.Failure = classify(r.err)

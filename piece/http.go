@@ -216,8 +216,16 @@ func FetchPiece(ctx context.Context, c *http.Client, addr, task string, n int, t
 		class = errdefs.ErrNotFound
 	case http.StatusForbidden, http.StatusUnauthorized:
 		class = errdefs.ErrForbidden
-	case http.StatusServiceUnavailable, http.StatusTooManyRequests, http.StatusInternalServerError, http.StatusBadGateway:
+	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
+		class = ErrBusy
+	case http.StatusInternalServerError, http.StatusBadGateway:
 		class = errdefs.ErrUnavailable
 	}
 	return nil, 0, fmt.Errorf("piece %d from %s: HTTP %d: %w", n, addr, resp.StatusCode, class)
 }
+
+// ErrBusy is what FetchPiece returns when the upload server is at its
+// upload or per-client limit (503/429): the parent is healthy but busy,
+// so callers should try it again later rather than count it as failed. It
+// is of class errdefs.ErrUnavailable.
+var ErrBusy = fmt.Errorf("upload server busy: %w", errdefs.ErrUnavailable)

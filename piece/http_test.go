@@ -185,3 +185,16 @@ func TestPerClientLimits(t *testing.T) {
 		t.Fatalf("8 requests at a 5-request burst: %v", codes)
 	}
 }
+
+// 503 and 429 mean a busy parent, not a broken one.
+func TestFetchPieceBusy(t *testing.T) {
+	for _, code := range []int{http.StatusServiceUnavailable, http.StatusTooManyRequests, http.StatusInternalServerError} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(code) }))
+		_, _, err := piece.FetchPiece(context.Background(), srv.Client(), srv.URL, "sha256:"+hex.EncodeToString(make([]byte, 32)), 0, "")
+		srv.Close()
+		busy := code != http.StatusInternalServerError
+		if errors.Is(err, piece.ErrBusy) != busy || !errors.Is(err, errdefs.ErrUnavailable) {
+			t.Errorf("HTTP %d: err = %v, busy = %v", code, err, errors.Is(err, piece.ErrBusy))
+		}
+	}
+}

@@ -112,7 +112,7 @@ func DefaultConfig() Config {
 
 // DefaultWeights returns the default scoring weights.
 func DefaultWeights() Weights {
-	return Weights{Useful: 100, Zone: 20, Throughput: 10, Load: 2, Failure: 15}
+	return Weights{Useful: 100, Zone: 20, Throughput: 10, Load: 20, Failure: 15}
 }
 
 // Validate checks the configuration; errors wrap errdefs.ErrInvalid.
