@@ -57,6 +57,7 @@ bench-local:
 	timeout 25m $(BIN)/bench-local --go $(GO) --size 1GiB --runs 3 --report bench-local-report.json \
 	  --sched-bench $(BIN)/bench-local-scheduler.txt --profile $(BIN)/bench-local-cpu.prof
 	timeout 15m $(GO) run ./test/bench/mirror --size 1GiB --report bench-mirror-report.json
+	POUCHFLY_BENCH=1 POUCHFLY_BENCH_REPORT=$(CURDIR)/bench-engine-report.json $(GO) test -count=1 -timeout 10m -run TestBenchRunLatency -v ./test/engine/
 
 ## bench: the multi-host testbed benchmark (root, issue #4): direct vs p2p vs BitTorrent on network
 ## namespaces with tc tbf caps → bench-report.json, bench-table.md, docs/img/*.png, docs/benchmarks.md.
