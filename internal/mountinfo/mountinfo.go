@@ -43,6 +43,7 @@ func Read(path string) ([]Entry, error) {
 	return out, sc.Err()
 }
 
+// ParseLine parses one mountinfo line.
 func ParseLine(line string) (Entry, error) {
 	// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
 	pre, post, ok := strings.Cut(line, " - ")
