@@ -22,6 +22,7 @@ import (
 
 	"github.com/pouchfly/pouchfly/peer"
 	"github.com/pouchfly/pouchfly/test/origin"
+	"github.com/pouchfly/pouchfly/test/proc"
 	"github.com/pouchfly/pouchfly/test/registry"
 	"github.com/pouchfly/pouchfly/test/report"
 )
@@ -123,8 +124,8 @@ type demo struct {
 	out       io.Writer
 	dir       string
 	origin    *origin.Server
-	supernode *child
-	agents    []*child
+	supernode *proc.Proc
+	agents    []*proc.Proc
 	sockets   []string
 	metrics   []string // each agent's metrics host:port
 	mirrors   []string // each agent's registry mirror host:port ("" without the image scenario)
@@ -259,7 +260,7 @@ func run(ctx context.Context, o options) (reps []report.Report, err error) {
 	}
 	d.scanLogs()
 
-	if e := d.supernode.unexpectedExit(); e != nil {
+	if e := d.supernode.Unexpected(); e != nil {
 		snErr = e
 	}
 	var failed []string
@@ -269,12 +270,12 @@ func run(ctx context.Context, o options) (reps []report.Report, err error) {
 		}
 		failed = append(failed, "file:"+r.Host)
 		why := r.Err
-		if e := d.agents[i].unexpectedExit(); e != nil {
+		if e := d.agents[i].Unexpected(); e != nil {
 			why = fmt.Errorf("%v (the agent process died: %v)", why, e)
 		} else if why == nil {
 			why = fmt.Errorf("got %d bytes with digest %s, want %d bytes with %s", r.Bytes, r.Digest, o.Size, digest)
 		}
-		fmt.Fprintf(d.out, "\n%s FAILED the file download: %v\n  last lines of %s:\n%s\n", r.Host, why, d.agents[i].logPath, indent(d.agents[i].tail(20), "    "))
+		fmt.Fprintf(d.out, "\n%s FAILED the file download: %v\n  last lines of %s:\n%s\n", r.Host, why, d.agents[i].LogPath, indent(d.agents[i].Tail(20), "    "))
 	}
 	for i, r := range pulls {
 		if r.Err == nil {
@@ -282,13 +283,13 @@ func run(ctx context.Context, o options) (reps []report.Report, err error) {
 		}
 		failed = append(failed, "image:"+r.Host)
 		why := r.Err
-		if e := d.agents[i].unexpectedExit(); e != nil {
+		if e := d.agents[i].Unexpected(); e != nil {
 			why = fmt.Errorf("%v (the agent process died: %v)", why, e)
 		}
-		fmt.Fprintf(d.out, "\n%s FAILED the image pull: %v\n  last lines of %s:\n%s\n", r.Host, why, d.agents[i].logPath, indent(d.agents[i].tail(20), "    "))
+		fmt.Fprintf(d.out, "\n%s FAILED the image pull: %v\n  last lines of %s:\n%s\n", r.Host, why, d.agents[i].LogPath, indent(d.agents[i].Tail(20), "    "))
 	}
 	if snErr != nil {
-		fmt.Fprintf(d.out, "\nsupernode: %v\n  last lines of %s:\n%s\n", snErr, d.supernode.logPath, indent(d.supernode.tail(20), "    "))
+		fmt.Fprintf(d.out, "\nsupernode: %v\n  last lines of %s:\n%s\n", snErr, d.supernode.LogPath, indent(d.supernode.Tail(20), "    "))
 	}
 	switch {
 	case len(failed) > 0:
@@ -353,12 +354,12 @@ func (d *demo) startSupernode(ctx context.Context, bin string) error {
 		return err
 	}
 	if d.o.trace != nil {
-		d.o.trace.PIDs = append(d.o.trace.PIDs, d.supernode.pid())
+		d.o.trace.PIDs = append(d.o.trace.PIDs, d.supernode.PID())
 	}
-	d.logf("supernode  pid %d, sessions %s, metrics http://%s/metrics", d.supernode.pid(), d.grpcAddr, d.httpAddr)
+	d.logf("supernode  pid %d, sessions %s, metrics http://%s/metrics", d.supernode.PID(), d.grpcAddr, d.httpAddr)
 	hc := &http.Client{Timeout: time.Second}
 	return d.poll(ctx, 30*time.Second, "the supernode to answer on /healthz", func() (bool, string, error) {
-		if dead, err := d.supernode.exited(); dead {
+		if dead, err := d.supernode.Exited(); dead {
 			return false, "", d.childFailed(d.supernode, err)
 		}
 		resp, err := hc.Get("http://" + d.httpAddr + "/healthz")
@@ -404,7 +405,7 @@ func (d *demo) startAgents(ctx context.Context, bin string) error {
 		d.metrics = append(d.metrics, metricsAddr)
 		d.mirrors = append(d.mirrors, mirrorAddr)
 		if d.o.trace != nil {
-			d.o.trace.PIDs = append(d.o.trace.PIDs, c.pid())
+			d.o.trace.PIDs = append(d.o.trace.PIDs, c.PID())
 			if mirrorAddr != "" {
 				d.o.trace.Listeners = append(d.o.trace.Listeners, mirrorAddr)
 			}
@@ -460,8 +461,8 @@ func (d *demo) waitAgents(ctx context.Context) error {
 		return up
 	}
 	return d.poll(ctx, 60*time.Second, "the agents to answer and connect", func() (bool, string, error) {
-		for _, c := range append([]*child{d.supernode}, d.agents...) {
-			if dead, err := c.exited(); dead {
+		for _, c := range append([]*proc.Proc{d.supernode}, d.agents...) {
+			if dead, err := c.Exited(); dead {
 				return false, "", d.childFailed(c, err)
 			}
 		}
@@ -490,8 +491,8 @@ func (d *demo) waitAgents(ctx context.Context) error {
 }
 
 // childFailed wraps a child's exit with the tail of its log.
-func (d *demo) childFailed(c *child, err error) error {
-	return fmt.Errorf("%w: %v\n  last lines of %s:\n%s", errExited, err, c.logPath, indent(c.tail(20), "    "))
+func (d *demo) childFailed(c *proc.Proc, err error) error {
+	return fmt.Errorf("%w: %v\n  last lines of %s:\n%s", errExited, err, c.LogPath, indent(c.Tail(20), "    "))
 }
 
 // poll calls check until it says done, printing its status when it
@@ -817,23 +818,23 @@ func (d *demo) printSummary(rep report.Report, wall time.Duration, cpu float64, 
 // printProcessCPU shows where the CPU went: the supernode, the agents and
 // this process (origin and the demo's digest checks), since they started.
 func (d *demo) printProcessCPU() {
-	sn, err := procCPU(d.supernode.pid())
+	sn, err := proc.CPU(d.supernode.PID())
 	if err != nil {
 		return
 	}
 	var agents, most float64
 	mostName := ""
 	for _, c := range d.agents {
-		v, err := procCPU(c.pid())
+		v, err := proc.CPU(c.PID())
 		if err != nil {
 			return
 		}
 		agents += v
 		if v > most {
-			most, mostName = v, c.name
+			most, mostName = v, c.Name
 		}
 	}
-	self, err := procCPU(0)
+	self, err := proc.CPU(0)
 	if err != nil {
 		return
 	}
@@ -847,11 +848,11 @@ func (d *demo) scanLogs() {
 	type hit struct{ who, line string }
 	var hits []hit
 	counts := map[string]int{}
-	for _, c := range append([]*child{d.supernode}, d.agents...) {
+	for _, c := range append([]*proc.Proc{d.supernode}, d.agents...) {
 		if c == nil {
 			continue
 		}
-		f, err := os.Open(c.logPath)
+		f, err := os.Open(c.LogPath)
 		if err != nil {
 			continue
 		}
@@ -862,7 +863,7 @@ func (d *demo) scanLogs() {
 			for _, lvl := range []string{"level=WARN", "level=ERROR", "panic:"} {
 				if strings.Contains(l, lvl) {
 					counts[lvl]++
-					hits = append(hits, hit{c.name, l})
+					hits = append(hits, hit{c.Name, l})
 					break
 				}
 			}
@@ -892,9 +893,9 @@ func (d *demo) scanLogs() {
 // supernode), closes the origin and removes the temporary directory.
 func (d *demo) cleanup() {
 	var running int
-	for _, c := range append([]*child{d.supernode}, d.agents...) {
+	for _, c := range append([]*proc.Proc{d.supernode}, d.agents...) {
 		if c != nil {
-			if dead, _ := c.exited(); !dead {
+			if dead, _ := c.Exited(); !dead {
 				running++
 			}
 		}
@@ -905,11 +906,11 @@ func (d *demo) cleanup() {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var killed []string
-	stop := func(c *child) {
+	stop := func(c *proc.Proc) {
 		defer wg.Done()
-		if c.stop(d.o.StopTimeout) {
+		if c.Stop(d.o.StopTimeout) {
 			mu.Lock()
-			killed = append(killed, c.name)
+			killed = append(killed, c.Name)
 			mu.Unlock()
 		}
 	}

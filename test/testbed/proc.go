@@ -1,42 +1,23 @@
 package testbed
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
-	"time"
+
+	"github.com/pouchfly/pouchfly/test/proc"
 )
 
-// Proc is a process the testbed started inside a host's namespace. Its
-// stderr (and stdout unless piped) go to a log file in the host's
-// directory. It runs in its own process group and gets SIGKILL if the
-// harness dies without cleaning up (parent-death signal); Close stops it
-// in any case.
+// Proc is a process the testbed started inside a host's namespace (a
+// test/proc process plus its host). Its stderr (and stdout unless piped)
+// go to a log file in the host's directory; Close stops it in any case.
 type Proc struct {
-	// Name names the process in logs ("agent-h3", "supernode", …).
-	Name string
+	*proc.Proc
 	// Host is where it runs.
 	Host *Host
-	// LogPath is its log file.
-	LogPath string
-	// Stdin and Stdout are set when started with Pipes.
-	Stdin  io.WriteCloser
-	Stdout *bufio.Reader
-
-	cmd  *exec.Cmd
-	done chan struct{}
-
-	mu       sync.Mutex
-	stopping bool
-	err      error
 }
 
 // ProcOptions tune Start.
@@ -59,50 +40,19 @@ func (tb *Testbed) Start(h *Host, name string, o ProcOptions, bin string, args .
 	if closed {
 		return nil, fmt.Errorf("testbed closed")
 	}
-	logPath := filepath.Join(h.Dir, name+".log")
-	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	dir := o.Dir
+	if dir == "" {
+		dir = h.Dir
+	}
+	pp, err := proc.Start(name, filepath.Join(h.Dir, name+".log"), proc.Options{Env: o.Env, Dir: dir, Pipes: o.Pipes, Where: h.NS},
+		"ip", append([]string{"netns", "exec", h.NS, bin}, args...)...)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("in %s: %w", h.NS, err)
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", h.NS, bin}, args...)...)
-	cmd.Env = append(os.Environ(), o.Env...)
-	cmd.Dir = o.Dir
-	if cmd.Dir == "" {
-		cmd.Dir = h.Dir
-	}
-	cmd.Stderr = lf
-	p := &Proc{Name: name, Host: h, LogPath: logPath, cmd: cmd, done: make(chan struct{})}
-	if o.Pipes {
-		if p.Stdin, err = cmd.StdinPipe(); err != nil {
-			lf.Close()
-			return nil, err
-		}
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			lf.Close()
-			return nil, err
-		}
-		p.Stdout = bufio.NewReaderSize(out, 64<<10)
-	} else {
-		cmd.Stdout = lf
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	fmt.Fprintf(lf, "# [%s] %s %s\n", h.NS, bin, strings.Join(args, " "))
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("start %s in %s: %w", name, h.NS, err)
-	}
+	p := &Proc{Proc: pp, Host: h}
 	tb.mu.Lock()
 	tb.procs = append(tb.procs, p)
 	tb.mu.Unlock()
-	go func() {
-		err := cmd.Wait()
-		lf.Close()
-		p.mu.Lock()
-		p.err = err
-		p.mu.Unlock()
-		close(p.done)
-	}()
 	return p, nil
 }
 
@@ -115,134 +65,6 @@ func (tb *Testbed) StartRole(h *Host, name string, o ProcOptions, role string, a
 	}
 	o.Env = append(o.Env, RoleEnv+"="+role)
 	return tb.Start(h, name, o, self, args...)
-}
-
-// PID returns the process ID.
-func (p *Proc) PID() int { return p.cmd.Process.Pid }
-
-// Done is closed when the process has exited.
-func (p *Proc) Done() <-chan struct{} { return p.done }
-
-// Exited reports whether the process has ended, with its exit error.
-func (p *Proc) Exited() (bool, error) {
-	select {
-	case <-p.done:
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if p.err == nil {
-			return true, fmt.Errorf("%s exited (status 0)", p.Name)
-		}
-		return true, fmt.Errorf("%s exited: %v", p.Name, p.err)
-	default:
-		return false, nil
-	}
-}
-
-// Unexpected is the exit error of a process that ended before Stop.
-func (p *Proc) Unexpected() error {
-	p.mu.Lock()
-	stopping := p.stopping
-	p.mu.Unlock()
-	if stopping {
-		return nil
-	}
-	_, err := p.Exited()
-	return err
-}
-
-// Wait waits for the process to exit, at most d; it returns whether it
-// exited.
-func (p *Proc) Wait(d time.Duration) bool {
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
-// Stop sends SIGTERM, waits up to timeout, then SIGKILLs the process
-// group and waits. It returns whether SIGKILL was needed.
-func (p *Proc) Stop(timeout time.Duration) (killed bool) {
-	p.mu.Lock()
-	p.stopping = true
-	p.mu.Unlock()
-	select {
-	case <-p.done:
-		return false
-	default:
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return false
-	case <-time.After(timeout):
-	}
-	syscall.Kill(-p.PID(), syscall.SIGKILL)
-	p.cmd.Process.Kill()
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-	}
-	return true
-}
-
-// CPU returns the user+system CPU seconds the process used: from
-// /proc/<pid>/stat while it runs, from its rusage once it exited.
-func (p *Proc) CPU() float64 {
-	select {
-	case <-p.done:
-		if st := p.cmd.ProcessState; st != nil {
-			return (st.UserTime() + st.SystemTime()).Seconds()
-		}
-		return 0
-	default:
-	}
-	v, err := ProcCPU(p.PID())
-	if err != nil {
-		return 0
-	}
-	return v
-}
-
-// Tail returns the last n lines of the process's log.
-func (p *Proc) Tail(n int) string {
-	b, err := os.ReadFile(p.LogPath)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
-}
-
-// ProcCPU returns the user+system CPU seconds of a running process from
-// /proc/<pid>/stat.
-func ProcCPU(pid int) (float64, error) {
-	p := "/proc/" + strconv.Itoa(pid) + "/stat"
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return 0, err
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("%s: malformed", p)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("%s: short", p)
-	}
-	var ticks float64
-	for _, s := range f[11:13] {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			return 0, err
-		}
-		ticks += float64(v)
-	}
-	return ticks / 100, nil
 }
 
 // IOStats are a process's system-call counters (/proc/<pid>/io and the
