@@ -3,6 +3,7 @@ package containerd
 import (
 	"context"
 	"errors"
+	"github.com/pouchfly/pouchfly/internal/testenv"
 	"os"
 	"os/exec"
 	"strings"
@@ -52,12 +53,7 @@ func needContainerd(t *testing.T) {
 	} else if _, err := exec.LookPath("containerd"); err != nil {
 		why = "containerd is not installed (apt-get install containerd)"
 	}
-	if why != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(why)
-		}
-		t.Skip(why)
-	}
+	testenv.Require(t, why == "", why)
 }
 
 // TestSpawnAdoptRestartStop: a supervisor spawns containerd; a second one

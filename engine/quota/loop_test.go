@@ -3,6 +3,7 @@ package quota
 import (
 	"context"
 	"errors"
+	"github.com/pouchfly/pouchfly/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,13 +23,7 @@ import (
 // CI=true, where every prerequisite must be installed.
 func need(t *testing.T, ok bool, why string) {
 	t.Helper()
-	if ok {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("prerequisite missing under CI: %s", why)
-	}
-	t.Skipf("skipped: %s", why)
+	testenv.Require(t, ok, why)
 }
 
 // needLoop requires root, loop devices and mkfs.ext4.

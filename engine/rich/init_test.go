@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pouchfly/pouchfly/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,13 +22,7 @@ import (
 
 func need(t *testing.T, ok bool, why string) {
 	t.Helper()
-	if ok {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("prerequisite missing under CI: %s", why)
-	}
-	t.Skipf("skipped: %s", why)
+	testenv.Require(t, ok, why)
 }
 
 var (

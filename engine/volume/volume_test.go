@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pouchfly/pouchfly/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -242,13 +243,7 @@ func TestStoreRestore(t *testing.T) {
 func TestSizedVolumeENOSPC(t *testing.T) {
 	need := func(ok bool, why string) {
 		t.Helper()
-		if ok {
-			return
-		}
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("prerequisite missing under CI: %s", why)
-		}
-		t.Skip("skipped: " + why)
+		testenv.Require(t, ok, why)
 	}
 	need(os.Geteuid() == 0, "needs root (loop devices, mount)")
 	_, err := exec.LookPath("mkfs.ext4")

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/pouchfly/pouchfly/internal/testenv"
 	"io"
 	"net"
 	"os"
@@ -30,24 +31,14 @@ import (
 func need(t *testing.T, tool string) string {
 	t.Helper()
 	p, err := exec.LookPath(tool)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not installed; make test (test/deps.sh) installs it", tool)
-		}
-		t.Skipf("%s is not installed (apt-get install it, or run make test as root)", tool)
-	}
+	testenv.Require(t, err == nil, tool+" is not installed (make test installs it with test/deps.sh)")
 	return p
 }
 
 // needRoot fails under CI and skips elsewhere when not root.
 func needRoot(t *testing.T, why string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("needs root (%s); CI runs as root", why)
-		}
-		t.Skipf("needs root: %s", why)
-	}
+	testenv.Require(t, os.Geteuid() == 0, "needs root: "+why)
 }
 
 // mirrorEnv is a registry with a public and a private image, and a cluster

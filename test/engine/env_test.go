@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/pouchfly/pouchfly/internal/testenv"
 	"io"
 	"net"
 	"os"
@@ -100,12 +101,7 @@ func need(t *testing.T) *env {
 		}
 		shared, sharedErr = setup()
 	})
-	if skipWhy != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("prerequisite missing under CI: %s", skipWhy)
-		}
-		t.Skip(skipWhy)
-	}
+	testenv.Require(t, skipWhy == "", skipWhy)
 	if sharedErr != nil {
 		t.Fatalf("environment: %v", sharedErr)
 	}

@@ -3,6 +3,7 @@ package testbed
 import (
 	"context"
 	"fmt"
+	"github.com/pouchfly/pouchfly/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,12 +26,8 @@ func TestMain(m *testing.M) {
 // run here.
 func requireTestbed(t *testing.T) {
 	t.Helper()
-	if err := CheckPrereqs(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but the testbed cannot run: %v", err)
-		}
-		t.Skipf("skipping the multi-host testbed: %v (run as root with iproute2; CI=true makes this a failure)", err)
-	}
+	err := CheckPrereqs()
+	testenv.Require(t, err == nil, fmt.Sprintf("the multi-host testbed cannot run here: %v (run as root with iproute2)", err))
 }
 
 // buildBinaries builds supernode and dfget from this module into a
