@@ -328,11 +328,15 @@ func (c *CDN) seedOnce(t *task) {
 		return
 	}
 	f := newFetch(c, req, log)
+	hctx, stopHash := context.WithCancel(ctx)
+	f.whole.start(hctx)
 	err := f.run(ctx)
 	<-c.sem
 	if err == nil {
 		err = f.finish(ctx)
 	}
+	stopHash()
+	f.whole.wait()
 	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("cdn shutting down: %w", errdefs.ErrUnavailable)

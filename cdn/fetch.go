@@ -3,12 +3,9 @@ package cdn
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -50,9 +47,9 @@ type fetch struct {
 	etag, lastMod string
 
 	// Progress.
-	next     int       // next piece to store
-	offset   int64     // content bytes stored (next × pieceSize)
-	whole    hash.Hash // SHA-256 of the content up to offset
+	next     int          // next piece to store
+	offset   int64        // content bytes stored (next × pieceSize)
+	whole    *wholeHasher // SHA-256 of the stored content, on its own goroutine
 	attempts int
 	digest   string
 }
@@ -61,7 +58,7 @@ func newFetch(c *CDN, req Request, log *slog.Logger) *fetch {
 	return &fetch{
 		c: c, req: req, log: log, where: redactURL(req.URL),
 		length: -1, total: -1, rangeEnd: -1,
-		whole: sha256.New(),
+		whole: newWholeHasher(c.store, req.TaskID),
 	}
 }
 
@@ -248,21 +245,14 @@ func (f *fetch) attempt(ctx context.Context) error {
 				return fmt.Errorf("origin %s: content exceeds max_content_length %d: %w", f.where, c.cfg.MaxContentLength, errdefs.ErrInvalid)
 			}
 		}
-		state, err := f.whole.(encoding.BinaryMarshaler).MarshalBinary()
-		if err != nil {
-			return err
-		}
-		pr := &pieceReader{r: body, h: f.whole, left: size, exact: exact}
+		pr := &pieceReader{r: body, left: size, exact: exact}
 		sum, err := c.store.WritePiece(ctx, f.req.TaskID, f.next, pr, nil)
 		if err == nil && pr.left > 0 && !pr.eof && pr.err == nil {
 			// The store held the piece already and did not read it: keep
-			// the stream and the content hash in step.
+			// the stream in step.
 			_, err = io.Copy(io.Discard, pr)
 		}
 		if err != nil || pr.err != nil {
-			if uerr := f.whole.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); uerr != nil {
-				return uerr
-			}
 			if pr.err != nil {
 				return f.bodyErr(actx, pr.err)
 			}
@@ -274,6 +264,7 @@ func (f *fetch) attempt(ctx context.Context) error {
 		n := f.next
 		f.offset += pr.n
 		f.next++
+		f.whole.advance(f.offset)
 		c.rep.SeedPiece(f.req.TaskID, n, sum)
 		if !exact && pr.eof {
 			f.length = f.offset
@@ -386,7 +377,14 @@ func (f *fetch) bodyErr(actx context.Context, err error) error {
 // finish verifies the whole content and marks the task complete.
 func (f *fetch) finish(ctx context.Context) error {
 	c := f.c
-	f.digest = "sha256:" + hex.EncodeToString(f.whole.Sum(nil))
+	sum, hashed, err := f.whole.sum(ctx)
+	if err != nil {
+		return fmt.Errorf("hash content: %w", err)
+	}
+	if hashed != f.offset {
+		return fmt.Errorf("hash content: hashed %d bytes of %d", hashed, f.offset)
+	}
+	f.digest = "sha256:" + hex.EncodeToString(sum)
 	if f.req.Digest != "" && f.req.Digest != f.digest {
 		return fmt.Errorf("origin %s: content is %s, want %s: %w", f.where, f.digest, f.req.Digest, errdefs.ErrDigestMismatch)
 	}
@@ -420,12 +418,10 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// pieceReader yields one piece from the body, hashing it into the content
-// hash. With exact set, an early end of the body is an error; otherwise
+// pieceReader yields one piece from the body. With exact set, an early end of the body is an error; otherwise
 // (unknown length) it ends the content.
 type pieceReader struct {
 	r     io.Reader
-	h     hash.Hash
 	left  int64
 	n     int64 // bytes yielded
 	exact bool
@@ -445,7 +441,6 @@ func (p *pieceReader) Read(b []byte) (int, error) {
 	}
 	n, err := p.r.Read(b)
 	if n > 0 {
-		p.h.Write(b[:n])
 		p.left -= int64(n)
 		p.n += int64(n)
 	}

@@ -100,6 +100,10 @@ type task struct {
 	// sumsVerified: the supernode's seed matched the whole digest with the
 	// piece digests we verify against (TaskInfo.sums_verified).
 	sumsVerified bool
+	// seedVerifying: the whole digest the supernode's seed will check the
+	// content against when it ends (TaskInfo.seed_verifying), "" when no
+	// such seed runs. Readers of that digest defer their own whole hash.
+	seedVerifying string
 	// unverified: some piece was stored without a digest to check it
 	// against (back-to-source before any digest was known).
 	unverified bool
@@ -157,6 +161,24 @@ func (t *task) trusted() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.sumsVerified && !t.unverified
+}
+
+// verification returns trusted (see trusted), whether the supernode's seed
+// is still to confirm digest (TaskInfo.seed_verifying) with no unverified
+// piece stored, and a channel closed at the next change.
+func (t *task) verification(digest string) (trusted, pending bool, changed <-chan struct{}) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	trusted = t.sumsVerified && !t.unverified
+	pending = !trusted && !t.unverified && digest != "" && t.seedVerifying == digest
+	return trusted, pending, t.changed
+}
+
+// awaitingSeed reports whether the supernode's seed is still to confirm
+// the task's digest (TaskInfo.seed_verifying without sums_verified yet).
+func (t *task) awaitingSeed() bool {
+	_, pending, _ := t.verification(t.req.Digest)
+	return pending
 }
 
 func (t *task) backSourceAllowed() bool { return t.p.cfg.BackSource && !t.req.NoBackSource }
@@ -232,6 +254,8 @@ func (t *task) loop(ctx context.Context) error {
 	refresh := time.NewTicker(250 * time.Millisecond)
 	defer refresh.Stop()
 	ticks := 0
+	var sealed bool
+	var confirmBy time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -259,6 +283,9 @@ func (t *task) loop(ctx context.Context) error {
 		case <-report.C:
 			t.flushReports()
 		case <-refresh.C:
+			if sealed {
+				break // only waiting for the seed's confirmation
+			}
 			ticks++
 			// Ask for fresh parents each second while starved or short of
 			// parents, else every five seconds: at thousands of hosts per
@@ -269,7 +296,20 @@ func (t *task) loop(ctx context.Context) error {
 			}
 		}
 		if t.complete() {
-			return t.seal(ctx)
+			if !sealed {
+				if err := t.seal(ctx); err != nil {
+					return err
+				}
+				sealed, confirmBy = true, time.Now().Add(confirmWait)
+			}
+			// Readers that deferred their whole-content hash to the
+			// supernode's seed (Stream.decide) wait for its confirmation,
+			// which only reaches tasks still running: stay until it comes
+			// (or, bounded, until readers hash the store themselves).
+			if !t.awaitingSeed() || !time.Now().Before(confirmBy) {
+				return nil
+			}
+			continue
 		}
 		t.schedule(ctx)
 	}
@@ -418,6 +458,15 @@ func (t *task) handleInfo(ctx context.Context, in *schedulerv1.TaskInfo) error {
 	if in.Token != "" {
 		t.token = in.Token
 	}
+	t.mu.Lock()
+	if sv := in.SeedVerifying && in.Digest != ""; sv != (t.seedVerifying != "") {
+		t.seedVerifying = ""
+		if sv {
+			t.seedVerifying = in.Digest
+		}
+		t.notify()
+	}
+	t.mu.Unlock()
 	if in.PieceSize == 0 || in.PieceSize > piece.MaxSize {
 		return nil // nothing known yet
 	}
@@ -489,7 +538,10 @@ func (t *task) handleInfo(ctx context.Context, in *schedulerv1.TaskInfo) error {
 	if in.Complete || in.SumsVerified {
 		t.mu.Lock()
 		t.final = t.final || in.Complete && t.meta.ContentLength >= 0
-		t.sumsVerified = t.sumsVerified || in.SumsVerified
+		if in.SumsVerified && !t.sumsVerified {
+			t.sumsVerified = true
+			t.notify() // readers waiting at the end for this
+		}
 		t.mu.Unlock()
 	}
 	return nil

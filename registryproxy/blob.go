@@ -175,71 +175,70 @@ func writeBlobHeaders(q *request, n, first, last, total int64, partial bool) {
 func (m *Mirror) copyBlob(q *request, s *peer.Stream, n int64, verify bool, start time.Time) (int64, time.Duration, error) {
 	rc := http.NewResponseController(q.w)
 	defer rc.SetWriteDeadline(time.Time{})
-	buf := make([]byte, 256<<10)
-	var sent, read int64
+	var sent int64
 	var ttfb time.Duration
-	write := func(b []byte) error {
+	deadline := func() {
 		if m.cfg.WriteTimeout > 0 {
 			rc.SetWriteDeadline(time.Now().Add(m.cfg.WriteTimeout))
 		}
-		k, err := q.w.Write(b)
-		sent += int64(k)
+	}
+	wrote := func(k int64) {
+		sent += k
 		m.metrics.blobBytes.Add(float64(k))
-		if err != nil {
-			return fmt.Errorf("client: %w", err)
-		}
-		if err := rc.Flush(); err != nil {
-			return fmt.Errorf("client: %w", err)
-		}
-		if ttfb == 0 {
+		if ttfb == 0 && k > 0 {
 			ttfb = time.Since(start)
 			m.metrics.firstByte.Observe(ttfb.Seconds())
 		}
-		return nil
 	}
-	var last []byte
-	empty := 0
-	for read < n {
-		k, err := s.Read(buf[:min(int64(len(buf)), n-read)])
-		if k > 0 {
-			empty = 0
-			read += int64(k)
-			out := buf[:k]
-			if verify && read == n {
-				last = []byte{out[k-1]}
-				out = out[:k-1]
-			}
-			if len(out) > 0 {
-				if werr := write(out); werr != nil {
-					return sent, ttfb, werr
-				}
-			}
-		}
+	// With the whole digest to check, the last byte waits until it matched:
+	// a mismatch then breaks the connection before the client has it all.
+	body := n
+	if verify && n > 0 {
+		body = n - 1
+	}
+	chunk := int64(64 << 10) // small first, so the first bytes leave early
+	for sent < body {
+		deadline()
+		k, err := s.CopyTo(q.w, min(chunk, body-sent))
+		wrote(k)
+		chunk = 4 << 20
 		if err != nil {
-			if errors.Is(err, io.EOF) && read == n {
-				break
-			}
 			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
+				err = io.ErrUnexpectedEOF // the content ended before n
 			}
 			return sent, ttfb, err
 		}
 		if k == 0 {
-			if empty++; empty > 100 {
-				return sent, ttfb, io.ErrNoProgress
-			}
+			return sent, ttfb, io.ErrNoProgress
+		}
+		if err := rc.Flush(); err != nil {
+			return sent, ttfb, fmt.Errorf("client: %w", err)
 		}
 	}
-	if verify {
-		if _, err := s.Read(buf[:1]); err != io.EOF {
-			if err == nil {
-				err = fmt.Errorf("content longer than %d bytes", n)
-			}
-			return sent, ttfb, err
+	if body == n {
+		return sent, ttfb, nil
+	}
+	var last [1]byte
+	if _, err := io.ReadFull(s, last[:]); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
 		}
-		if err := write(last); err != nil {
-			return sent, ttfb, err
+		return sent, ttfb, err
+	}
+	if _, err := s.Read(make([]byte, 1)); err != io.EOF {
+		if err == nil {
+			err = fmt.Errorf("content longer than %d bytes", n)
 		}
+		return sent, ttfb, err
+	}
+	deadline()
+	k, err := q.w.Write(last[:])
+	wrote(int64(k))
+	if err != nil {
+		return sent, ttfb, fmt.Errorf("client: %w", err)
+	}
+	if err := rc.Flush(); err != nil {
+		return sent, ttfb, fmt.Errorf("client: %w", err)
 	}
 	return sent, ttfb, nil
 }

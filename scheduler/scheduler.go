@@ -580,7 +580,8 @@ func infoPacket(ti *schedulerv1.TaskInfo) *schedulerv1.SchedulerPacket {
 // baseInfo is a TaskInfo with the task's metadata and no digests.
 func baseInfo(t *task) *schedulerv1.TaskInfo {
 	return &schedulerv1.TaskInfo{TaskId: t.id, ContentLength: t.length, PieceSize: uint32(t.pieceSize),
-		Complete: t.complete, Digest: t.digest, SumsVerified: t.sumsVerified}
+		Complete: t.complete, Digest: t.digest, SumsVerified: t.sumsVerified,
+		SeedVerifying: t.seed == seedRunning && !t.heldSums && t.digest != ""}
 }
 
 // sendFullInfoLocked sends p a fresh token and every digest known: one

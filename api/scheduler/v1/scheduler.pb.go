@@ -1222,7 +1222,13 @@ type TaskInfo struct {
 	// (the task ID): a peer that verified each piece against these digests
 	// need not hash the whole content again. Never set for digests a host
 	// offered (HeldTask).
-	SumsVerified  bool `protobuf:"varint,10,opt,name=sums_verified,json=sumsVerified,proto3" json:"sums_verified,omitempty"`
+	SumsVerified bool `protobuf:"varint,10,opt,name=sums_verified,json=sumsVerified,proto3" json:"sums_verified,omitempty"`
+	// seed_verifying is true while the supernode's own seed is producing the
+	// task's piece digests and will compare the whole content with digest
+	// when it ends: sums_verified (or a task error) follows. A reader may
+	// then skip hashing the whole content as it streams, and hash it from
+	// its store only if sums_verified never comes.
+	SeedVerifying bool `protobuf:"varint,11,opt,name=seed_verifying,json=seedVerifying,proto3" json:"seed_verifying,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1323,6 +1329,13 @@ func (x *TaskInfo) GetDigest() string {
 func (x *TaskInfo) GetSumsVerified() bool {
 	if x != nil {
 		return x.SumsVerified
+	}
+	return false
+}
+
+func (x *TaskInfo) GetSeedVerifying() bool {
+	if x != nil {
+		return x.SeedVerifying
 	}
 	return false
 }
@@ -1789,7 +1802,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
 	"\x06failed\x18\x02 \x03(\tR\x06failed\"$\n" +
 	"\tLeaveTask\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\xc8\x02\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\xef\x02\n" +
 	"\bTaskInfo\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12%\n" +
 	"\x0econtent_length\x18\x02 \x01(\x03R\rcontentLength\x12\x1d\n" +
@@ -1803,7 +1816,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x11token_expiry_unix\x18\b \x01(\x03R\x0ftokenExpiryUnix\x12\x16\n" +
 	"\x06digest\x18\t \x01(\tR\x06digest\x12#\n" +
 	"\rsums_verified\x18\n" +
-	" \x01(\bR\fsumsVerified\"s\n" +
+	" \x01(\bR\fsumsVerified\x12%\n" +
+	"\x0eseed_verifying\x18\v \x01(\bR\rseedVerifying\"s\n" +
 	"\x06Parent\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x16\n" +
