@@ -20,6 +20,7 @@ import (
 	"github.com/pouchfly/pouchfly/internal/cliconfig"
 	"github.com/pouchfly/pouchfly/internal/errdefs"
 	"github.com/pouchfly/pouchfly/internal/httpserver"
+	"github.com/pouchfly/pouchfly/internal/profiling"
 	"github.com/pouchfly/pouchfly/peer"
 	"github.com/pouchfly/pouchfly/piece"
 	"github.com/pouchfly/pouchfly/registryproxy"
@@ -128,6 +129,11 @@ then POUCHFLY_* environment variables (POUCHFLY_PEER_ZONE=a), then flags.`,
 }
 
 func runDaemon(ctx context.Context, cfg daemonConfig) error {
+	stopProfile, err := profiling.Start("dfget-daemon")
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	var level slog.Level
 	level.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pouchfly/pouchfly/internal/cliconfig"
 	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/internal/profiling"
 	"github.com/pouchfly/pouchfly/internal/tlsconfig"
 	"github.com/pouchfly/pouchfly/supernode"
 )
@@ -83,6 +84,11 @@ then POUCHFLY_* environment variables (POUCHFLY_SCHEDULER_MAX_PARENTS=6), then f
 		if err != nil {
 			return err
 		}
+		stopProfile, err := profiling.Start("supernode")
+		if err != nil {
+			return err
+		}
+		defer stopProfile()
 		return n.Run(cmd.Context())
 	}
 	c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
