@@ -34,6 +34,9 @@ type Candidate struct {
 	// will (its new pieces reach the child as PieceAvailable). This lets a
 	// swarm that starts at once trade pieces from the first second.
 	Downloading bool
+	// Current is true for one of the child's current parents: it gets
+	// Weights.Sticky, so a set is not reshuffled for small differences.
+	Current bool
 	// Quarantined hosts are never chosen.
 	Quarantined bool
 	// Tiebreak orders candidates of equal score (mixed with the child's
@@ -52,14 +55,18 @@ type Candidate struct {
 //	+ w.Zone if in the child's zone
 //	+ w.Throughput × throughput/maxThroughput (unmeasured: half)
 //	− w.Load × load − w.Failure × failures
+//	+ w.Sticky if it is a current parent
 //
 // and ties are broken by Tiebreak mixed with the child's, then ID.
 //
 // The CDN never competes with peers for a slot: one CDN candidate (the best
-// scored) is added last, replacing the weakest peer if the set is full, when
-// it is still seeding, or when no chosen peer is useful, or when it holds
-// pieces the child lacks that no chosen peer holds. So peers serve whatever
-// they can and the CDN fills the gaps.
+// scored) is added last when no peer was chosen, or when it holds a piece
+// the child lacks that no chosen peer holds (replacing the weakest peer if
+// the set is full), or — without displacing a peer — while it is still
+// seeding and the set has room. So peers serve whatever they can and the
+// CDN fills the gaps. The caller sets the CDN candidate's Bitmap to what
+// the CDN offers this child (see CDNOffer), so with super-seeding a gap is
+// a piece the CDN handed to this child.
 func ChooseParents(child Candidate, cands []Candidate, max int, w Weights) []Candidate {
 	if max <= 0 {
 		return nil
@@ -125,6 +132,9 @@ func ChooseParents(child Candidate, cands []Candidate, max int, w Weights) []Can
 			s.score += w.Throughput / 2
 		}
 		s.score -= w.Load*float64(c.Load) + w.Failure*float64(c.Failures)
+		if c.Current {
+			s.score += w.Sticky
+		}
 		if c.CDN {
 			if cdn == nil || less(&s, cdn) {
 				cp := s
@@ -149,11 +159,14 @@ func ChooseParents(child Candidate, cands []Candidate, max int, w Weights) []Can
 	for k := range top {
 		idx[k] = top[k].i
 	}
-	if cdn != nil && (cands[cdn.i].Seeding || len(top) == 0 || hasGap(child.Bitmap, cands[cdn.i].Bitmap, cands, idx)) {
-		if len(top) == max {
-			top = top[:max-1]
+	if cdn != nil {
+		seedingRoom := cands[cdn.i].Seeding && len(top) < max
+		if seedingRoom || len(top) == 0 || hasGap(child.Bitmap, cands[cdn.i].Bitmap, cands, idx) {
+			if len(top) == max {
+				top = top[:max-1]
+			}
+			top = append(top, *cdn)
 		}
-		top = append(top, *cdn)
 	}
 	out := make([]Candidate, len(top))
 	for k, s := range top {
@@ -182,6 +195,119 @@ func hasGap(child, src piece.Bitmap, cands []Candidate, chosen []int) bool {
 		}
 	}
 	return false
+}
+
+// CDNOffer returns the pieces the CDN offers a child: of those the CDN
+// holds (cdn) and the child lacks, the ones granted to it (granted) under
+// super-seeding, or every one without. It is a pure function and does not
+// modify its inputs.
+func CDNOffer(child, cdn, granted piece.Bitmap, superSeed bool) piece.Bitmap {
+	out := make(piece.Bitmap, len(cdn))
+	for b, x := range cdn {
+		if b < len(child) {
+			x &^= child[b]
+		}
+		if superSeed {
+			if b < len(granted) {
+				x &= granted[b]
+			} else {
+				x = 0
+			}
+		}
+		out[b] = x
+	}
+	return out
+}
+
+// NextGrants returns, in order, the pieces the CDN should hand out next
+// under super-seeding, at most budget of them: every piece with fewer than
+// fanout copies (copies[n]: peers holding piece n plus grants of it on
+// their way; set it to fanout for pieces the CDN cannot hand out), first
+// copies of all before second copies, and so on, each round in piece
+// order. A piece appears once per copy it is owed. It is a pure function.
+func NextGrants(copies []int32, fanout, budget int) []int {
+	var out []int
+	for level := int32(0); level < int32(fanout) && len(out) < budget; level++ {
+		for n, c := range copies {
+			if len(out) == budget {
+				break
+			}
+			if c <= level {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// RarestMissing returns up to m pieces that child lacks, whose digests are
+// known and that at least one peer holds (holders[n] > 0), fewest holders
+// first; ties are broken by key mixed with the piece number, so children
+// with the same view spread over different pieces. It is a pure function.
+// The scheduler recruits recent holders of these pieces as candidates, so
+// that a child finds the few peers holding what it still needs without
+// scanning the whole swarm.
+func RarestMissing(child, known piece.Bitmap, holders []int32, m int, key uint64) []int {
+	if m <= 0 {
+		return nil
+	}
+	type rp struct {
+		n int
+		h int32
+		k uint64
+	}
+	best := make([]rp, 0, m+1)
+	for n, h := range holders {
+		if h <= 0 || child.Has(n) || !known.Has(n) {
+			continue
+		}
+		c := rp{n, h, mix(key ^ uint64(n))}
+		lessRP := func(a, b rp) bool { return a.h < b.h || a.h == b.h && a.k < b.k }
+		if len(best) == m && !lessRP(c, best[m-1]) {
+			continue
+		}
+		j := len(best)
+		for j > 0 && lessRP(c, best[j-1]) {
+			j--
+		}
+		best = slices.Insert(best, j, c)
+		if len(best) > m {
+			best = best[:m]
+		}
+	}
+	out := make([]int, len(best))
+	for i, c := range best {
+		out[i] = c.n
+	}
+	return out
+}
+
+// SampleIndexes returns k distinct indexes in [0, n), drawn uniformly from
+// seed (Floyd's algorithm: O(k²) time, no O(n) state); every index, in
+// order, when k >= n. It is a pure function: the same arguments give the
+// same sample.
+func SampleIndexes(n, k int, seed uint64) []int {
+	if n <= 0 || k <= 0 {
+		return nil
+	}
+	if k >= n {
+		out := make([]int, n)
+		for i := range out {
+			out[i] = i
+		}
+		return out
+	}
+	out := make([]int, 0, k)
+	x := seed
+	for j := n - k; j < n; j++ {
+		x += 0x9e3779b97f4a7c15
+		r := int(mix(x) % uint64(j+1))
+		if slices.Contains(out, r) {
+			r = j
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // mix is splitmix64's finaliser: a cheap, well-spread hash of x.

@@ -118,6 +118,21 @@ func TestChooseParents(t *testing.T) {
 			want: []string{"p1", "cdn"},
 		},
 		{
+			name:  "seeding cdn does not displace a peer from a full set",
+			child: emptyKid, cands: []Candidate{cand("cdn", nil, isCDN, seeding), cand("p1", nil, dl), cand("p2", nil, dl)}, max: 2,
+			want: []string{"p1", "p2"},
+		},
+		{
+			name:  "seeding cdn with a piece handed to the child does displace the weakest peer",
+			child: emptyKid, cands: []Candidate{cand("cdn", bm(3), isCDN, seeding), cand("p1", bm(1, 2), dl), cand("p2", bm(1), dl)}, max: 2,
+			want: []string{"p1", "cdn"},
+		},
+		{
+			name:  "cdn offering nothing the child lacks is dropped when peers are chosen",
+			child: emptyKid, cands: []Candidate{cand("cdn", nil, isCDN), cand("p1", nil, dl)}, max: 5,
+			want: []string{"p1"},
+		},
+		{
 			name:  "more missing pieces rank first",
 			child: emptyKid, cands: []Candidate{cand("few", bm(1)), cand("many", bm(span(0, 12)...)), cand("some", bm(span(0, 5)...))}, max: 5,
 			want: []string{"many", "some", "few"},
@@ -218,6 +233,162 @@ func TestChooseParentsSpreadsTies(t *testing.T) {
 	}
 }
 
+// A current parent keeps its slot against a stranger only slightly better
+// (Weights.Sticky), not against a much better one.
+func TestChooseParentsSticky(t *testing.T) {
+	cur := func(c *Candidate) { c.Current = true }
+	tests := []struct {
+		name   string
+		sticky float64
+		cands  []Candidate
+		want   string
+	}{
+		{"current kept over a slightly better stranger", 30, []Candidate{cand("old", bm(span(0, 9)...), cur), cand("new", bm(span(0, 10)...))}, "old"},
+		{"without stickiness the better one wins", 0, []Candidate{cand("old", bm(span(0, 9)...), cur), cand("new", bm(span(0, 10)...))}, "new"},
+		{"current dropped for a much better stranger", 30, []Candidate{cand("old", bm(span(0, 2)...), cur), cand("new", bm(span(0, 10)...))}, "new"},
+		{"current dropped for a much less loaded stranger", 30, []Candidate{cand("old", bm(span(0, 10)...), cur, load(3)), cand("new", bm(span(0, 10)...))}, "new"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			wt := DefaultWeights()
+			wt.Sticky = tt.sticky
+			if got := ids(ChooseParents(emptyKid, tt.cands, 1, wt)); !slices.Equal(got, []string{tt.want}) {
+				t.Fatalf("got %v, want [%s]", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestCDNOffer(t *testing.T) {
+	tests := []struct {
+		name                string
+		child, cdn, granted piece.Bitmap
+		superSeed           bool
+		want                []int
+	}{
+		{"no super-seeding: all the child lacks", bm(0, 1), bm(span(0, 5)...), nil, false, []int{2, 3, 4}},
+		{"super-seeding: only what was handed to the child", bm(0), bm(span(0, 12)...), bm(0, 3, 9), true, []int{3, 9}},
+		{"nothing handed: nothing offered", nil, bm(span(0, 8)...), nil, true, nil},
+		{"a grant the CDN does not hold yet is not offered", nil, bm(1), bm(1, 2), true, []int{1}},
+		{"the child already holds its grant", bm(5), bm(5), bm(5), true, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cdn := tt.cdn.Clone()
+			got := CDNOffer(tt.child, tt.cdn, tt.granted, tt.superSeed)
+			if !slices.Equal(tt.cdn, cdn) {
+				t.Fatal("CDNOffer modified its input")
+			}
+			var ns []int
+			for n := range len(got) * 8 {
+				if got.Has(n) {
+					ns = append(ns, n)
+				}
+			}
+			if !slices.Equal(ns, tt.want) {
+				t.Fatalf("got %v, want %v", ns, tt.want)
+			}
+		})
+	}
+}
+
+func TestNextGrants(t *testing.T) {
+	tests := []struct {
+		name   string
+		copies []int32
+		fanout int
+		budget int
+		want   []int
+	}{
+		{"first copies of all before any second copy", []int32{0, 0, 1, 2}, 2, 10, []int{0, 1, 0, 1, 2}},
+		{"budget cuts in order", []int32{0, 0, 1, 2}, 2, 3, []int{0, 1, 0}},
+		{"fanout 1: first copies only", []int32{0, 1, 0}, 1, 10, []int{0, 2}},
+		{"pieces at fanout (or not held: set to fanout) are skipped", []int32{2, 2, 3}, 2, 10, nil},
+		{"three copies", []int32{0}, 3, 10, []int{0, 0, 0}},
+		{"zero budget", []int32{0}, 2, 0, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := NextGrants(tt.copies, tt.fanout, tt.budget); !slices.Equal(got, tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRarestMissing(t *testing.T) {
+	known := bm(span(0, 8)...)
+	tests := []struct {
+		name    string
+		child   piece.Bitmap
+		known   piece.Bitmap
+		holders []int32
+		m       int
+		want    []int
+	}{
+		{"fewest holders first", nil, known, []int32{5, 1, 3, 2, 9, 9, 9, 9}, 3, []int{1, 3, 2}},
+		{"held pieces are skipped", bm(1, 3), known, []int32{5, 1, 3, 2, 9, 9, 9, 9}, 2, []int{2, 0}},
+		{"nobody holds it: skipped (only the CDN can help)", nil, known, []int32{0, 4, 0, 0, 0, 0, 0, 0}, 3, []int{1}},
+		{"unknown digests are skipped", nil, bm(2), []int32{1, 1, 1}, 3, []int{2}},
+		{"m zero", nil, known, []int32{1}, 0, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := RarestMissing(tt.child, tt.known, tt.holders, tt.m, 7); !slices.Equal(got, tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+	// Ties are broken by the key: children spread over equally rare pieces.
+	flat := make([]int32, 64)
+	for i := range flat {
+		flat[i] = 1
+	}
+	firsts := map[int]bool{}
+	for key := range uint64(50) {
+		firsts[RarestMissing(nil, bm(span(0, 64)...), flat, 1, key)[0]] = true
+	}
+	if len(firsts) < 20 {
+		t.Fatalf("50 keys picked only %d distinct rarest pieces among 64 equal ones", len(firsts))
+	}
+}
+
+func TestSampleIndexes(t *testing.T) {
+	if got := SampleIndexes(5, 8, 1); !slices.Equal(got, []int{0, 1, 2, 3, 4}) {
+		t.Fatalf("k >= n: got %v, want every index", got)
+	}
+	if got := SampleIndexes(0, 3, 1); len(got) != 0 {
+		t.Fatalf("n = 0: got %v", got)
+	}
+	if got := SampleIndexes(10, 0, 1); len(got) != 0 {
+		t.Fatalf("k = 0: got %v", got)
+	}
+	hits := make([]int, 100)
+	for seed := range uint64(2000) {
+		got := SampleIndexes(100, 10, seed)
+		if len(got) != 10 {
+			t.Fatalf("seed %d: %d indexes, want 10", seed, len(got))
+		}
+		seen := map[int]bool{}
+		for _, i := range got {
+			if i < 0 || i >= 100 || seen[i] {
+				t.Fatalf("seed %d: bad or repeated index in %v", seed, got)
+			}
+			seen[i] = true
+			hits[i]++
+		}
+		if again := SampleIndexes(100, 10, seed); !slices.Equal(again, got) {
+			t.Fatalf("seed %d: not deterministic: %v then %v", seed, got, again)
+		}
+	}
+	// Uniform: each index drawn 2000 × 10/100 = 200 times, give or take.
+	for i, h := range hits {
+		if h < 120 || h > 280 {
+			t.Fatalf("index %d drawn %d times, want about 200", i, h)
+		}
+	}
+}
+
 func TestShouldReparent(t *testing.T) {
 	cfg := DefaultConfig()
 	tests := []struct {
@@ -255,6 +426,9 @@ func TestConfigValidate(t *testing.T) {
 		func(c *Config) { c.TokenTTL = time.Second },
 		func(c *Config) { c.FailureCacheTTL = time.Hour },
 		func(c *Config) { c.Weights.Useful = 0 },
+		func(c *Config) { c.Weights.Sticky = -1 },
+		func(c *Config) { c.CDNGrants = 0 },
+		func(c *Config) { c.CandidateSample = -1 },
 	}
 	for i, f := range bad {
 		c := DefaultConfig()
@@ -262,6 +436,12 @@ func TestConfigValidate(t *testing.T) {
 		if c.Validate() == nil {
 			t.Errorf("case %d: invalid config accepted", i)
 		}
+	}
+}
+
+func BenchmarkSampleIndexes(b *testing.B) {
+	for b.Loop() {
+		SampleIndexes(10000, 24, 42)
 	}
 }
 

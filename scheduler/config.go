@@ -53,12 +53,28 @@ type Config struct {
 	FailureCacheTTL time.Duration `yaml:"failure_cache_ttl"`
 	// MaxTasksPerHost bounds the tasks one host may have registered.
 	MaxTasksPerHost int `yaml:"max_tasks_per_host"`
-	// CDNFanout is how many of the CDN's children hear of each fresh piece
-	// the CDN seeds (0: all); the rest get it from peers (super-seeding).
+	// CDNFanout is how many downloading hosts the CDN hands each piece to
+	// (super-seeding): only they see it in the CDN's bitmap, and the swarm
+	// spreads it from them. Another host gets a piece from the CDN only
+	// while fewer than CDNFanout hosts hold it or are about to, so the
+	// CDN sends about CDNFanout × the content whatever the swarm's size.
+	// 0: no super-seeding, every child may fetch every CDN piece.
 	CDNFanout int `yaml:"cdn_fanout"`
-	// CDNFreshness is how long a super-seeded CDN piece stays hidden from
-	// the children it was not announced to.
+	// CDNFreshness is how long a piece handed to a host counts as a copy
+	// on its way: after that, while the host still lacks it, the piece is
+	// stalled and the CDN may hand it to another host.
 	CDNFreshness time.Duration `yaml:"cdn_freshness"`
+	// CDNGrants is how many pieces handed to hosts by the CDN may be
+	// being sent at once (super-seeding; a grant counts for the CDN's
+	// measured time per piece): more would share the supernode's
+	// bandwidth so thinly that every first copy lands late.
+	CDNGrants int `yaml:"cdn_grants"`
+	// CandidateSample bounds the work of one parent choice in a large
+	// swarm: besides the child's current parents and recent holders of
+	// its rarest missing pieces, this many peers drawn at random are
+	// scored (every peer when the swarm has at most twice as many; 0:
+	// always every peer).
+	CandidateSample int `yaml:"candidate_sample"`
 	// Weights tune parent scoring.
 	Weights Weights `yaml:"weights"`
 	// FilterQuery lists the URL query keys agents leave out of task
@@ -84,6 +100,11 @@ type Weights struct {
 	Load float64 `yaml:"load"`
 	// Failure is subtracted per recent failure of the candidate.
 	Failure float64 `yaml:"failure"`
+	// Sticky is added to a current parent of the child, so that a refresh
+	// keeps parents that still serve instead of trading them for slightly
+	// better-scored strangers (every new parent starts without in-flight
+	// pieces or throughput history).
+	Sticky float64 `yaml:"sticky"`
 }
 
 // DefaultConfig returns the defaults.
@@ -93,6 +114,8 @@ func DefaultConfig() Config {
 		MaxParents:               5,
 		CDNFanout:                2,
 		CDNFreshness:             3 * time.Second,
+		CDNGrants:                16,
+		CandidateSample:          24,
 		QuarantineBadPieces:      3,
 		SlowParentRatio:          0.2,
 		SlowParentMinSamples:     3,
@@ -112,7 +135,7 @@ func DefaultConfig() Config {
 
 // DefaultWeights returns the default scoring weights.
 func DefaultWeights() Weights {
-	return Weights{Useful: 100, Zone: 20, Throughput: 10, Load: 20, Failure: 15}
+	return Weights{Useful: 100, Zone: 20, Throughput: 10, Load: 40, Failure: 15, Sticky: 30}
 }
 
 // Validate checks the configuration; errors wrap errdefs.ErrInvalid.
@@ -127,6 +150,10 @@ func (c Config) Validate() error {
 		return bad("quarantine_bad_pieces %d < 1", c.QuarantineBadPieces)
 	case c.CDNFanout < 0 || c.CDNFreshness < 0:
 		return bad("cdn_fanout and cdn_freshness must not be negative")
+	case c.CDNGrants < 1:
+		return bad("cdn_grants %d < 1", c.CDNGrants)
+	case c.CandidateSample < 0 || c.CandidateSample > 4096:
+		return bad("candidate_sample %d not in 0..4096", c.CandidateSample)
 	case c.SlowParentRatio < 0 || c.SlowParentRatio >= 1:
 		return bad("slow_parent_ratio %v not in [0,1)", c.SlowParentRatio)
 	case c.SlowParentMinSamples < 1:
@@ -147,7 +174,7 @@ func (c Config) Validate() error {
 		return bad("failure_cache_ttl %v not in [0,5m]", c.FailureCacheTTL)
 	case c.MaxTasksPerHost < 1:
 		return bad("max_tasks_per_host %d < 1", c.MaxTasksPerHost)
-	case c.Weights.Useful <= 0 || c.Weights.Zone < 0 || c.Weights.Throughput < 0 || c.Weights.Load < 0 || c.Weights.Failure < 0:
+	case c.Weights.Useful <= 0 || c.Weights.Zone < 0 || c.Weights.Throughput < 0 || c.Weights.Load < 0 || c.Weights.Failure < 0 || c.Weights.Sticky < 0:
 		return bad("weights must be >= 0 (useful > 0)")
 	}
 	return nil

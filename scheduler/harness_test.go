@@ -288,6 +288,35 @@ func avail(ps []*schedulerv1.SchedulerPacket, from string) []uint32 {
 	return out
 }
 
+// cdnHeard returns the pieces the packets named as held by the CDN: in a
+// PieceAvailable from it or in its bitmap in a ParentSet.
+func cdnHeard(ps []*schedulerv1.SchedulerPacket) map[int]bool { return heardFrom(ps, "cdn") }
+
+// heardFrom returns the pieces the packets named as held by host from (""
+// for any host): in a PieceAvailable or in a parent's bitmap in a
+// ParentSet.
+func heardFrom(ps []*schedulerv1.SchedulerPacket, from string) map[int]bool {
+	out := map[int]bool{}
+	for _, p := range ps {
+		if x := p.GetAvailable(); x != nil && (from == "" || x.HostId == from) {
+			for _, n := range x.Pieces {
+				out[int(n)] = true
+			}
+		}
+		for _, par := range p.GetParents().GetParents() {
+			if from == "" || par.HostId == from {
+				b := piece.Bitmap(par.Bitmap)
+				for n := range len(b) * 8 {
+					if b.Has(n) {
+						out[n] = true
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
 func contains(xs []string, x string) bool { return slices.Contains(xs, x) }
 
 func TestMain(m *testing.M) {

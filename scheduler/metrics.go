@@ -26,6 +26,9 @@ type Metrics struct {
 	// BytesReported counts piece bytes reported by hosts, by source (p2p,
 	// cdn, origin).
 	BytesReported *prometheus.CounterVec
+	// CDNGrants counts pieces the CDN handed to a host (super-seeding): a
+	// few per piece of content, whatever the swarm's size.
+	CDNGrants prometheus.Counter
 }
 
 // NewMetrics returns unregistered collectors.
@@ -61,11 +64,14 @@ func NewMetrics() *Metrics {
 		BytesReported: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "piece_bytes_total", Help: "Piece bytes reported downloaded, by source.",
 		}, []string{"source"}),
+		CDNGrants: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "cdn_grants_total", Help: "Pieces the CDN handed to a host (super-seeding).",
+		}),
 	}
 }
 
 // Collectors returns every collector, for prometheus.Registerer.MustRegister.
 func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.Decision, m.Hosts, m.Tasks, m.Quarantines, m.BackToSource,
-		m.Seeds, m.SeedFailures, m.Reparents, m.BytesReported}
+		m.Seeds, m.SeedFailures, m.Reparents, m.BytesReported, m.CDNGrants}
 }

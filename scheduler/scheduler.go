@@ -11,7 +11,6 @@ package scheduler
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -126,6 +125,11 @@ type Scheduler struct {
 	cdnID   string
 	after   []func() // run after mu is released
 	scratch []Candidate
+	pool    []*peer
+	copies  []int32
+	// epoch marks the candidates of one decision (peer.mark); draws
+	// seeds the candidate samples.
+	epoch, draws uint64
 }
 
 // New returns a scheduler. seeder may be nil (no CDN). It starts no
@@ -446,7 +450,7 @@ func (s *Scheduler) noSeederLocked(p *peer) {
 }
 
 func (s *Scheduler) addPeerLocked(t *task, h *host) *peer {
-	p := &peer{host: h, task: t, idx: len(t.list), children: map[*peer]struct{}{}}
+	p := &peer{host: h, task: t, idx: len(t.list), children: map[*peer]struct{}{}, hungryIdx: -1}
 	t.peers[h.info.ID] = p
 	t.list = append(t.list, p)
 	h.peers[t.id] = p
@@ -553,21 +557,42 @@ func (s *Scheduler) Admit(taskID, hostID string, e *schedulerv1.TaskError) {
 func (s *Scheduler) admitLocked(p *peer) {
 	p.admitted = true
 	s.sendFullInfoLocked(p)
+	if !p.host.info.CDN {
+		s.grantLocked(p.task, p) // a newcomer may take a piece the CDN still owes
+	}
 	s.assignLocked(p)
 	// Downloading peers with a free parent slot take the newcomer too, so
 	// the first hosts of a swarm (whose only parent was the CDN) trade with
-	// later ones at once instead of at their next refresh.
+	// later ones at once instead of at their next refresh. At most
+	// maxAdopters of them (the others ask again within a second: fewer
+	// than two parents is starving), so a registration costs O(1)
+	// decisions whatever the swarm's size.
 	if p.host.info.CDN {
 		return
 	}
-	for _, q := range p.task.list {
-		if q != p && !q.done && !q.gone && q.admitted && !q.isCDN() && len(q.parents) < s.cfg.MaxParents {
+	t := p.task
+	var adopters [maxAdopters]*peer
+	k := 0
+	for _, q := range t.hungry {
+		if k == len(adopters) {
+			break
+		}
+		if q != p {
 			if _, already := p.children[q]; !already {
-				s.assignLocked(q)
+				adopters[k] = q
+				k++
 			}
 		}
 	}
+	for _, q := range adopters[:k] {
+		if q.hungryIdx >= 0 {
+			s.assignLocked(q)
+		}
+	}
 }
+
+// maxAdopters bounds the hungry peers re-assigned when a host joins.
+const maxAdopters = 16
 
 func errPacket(e *schedulerv1.TaskError) *schedulerv1.SchedulerPacket {
 	return &schedulerv1.SchedulerPacket{Body: &schedulerv1.SchedulerPacket_Error{Error: e}}
@@ -632,13 +657,17 @@ func (s *Scheduler) broadcastLocked(t *task, pkt *schedulerv1.SchedulerPacket) {
 }
 
 // availableLocked tells p's children that p now holds pieces (only pieces
-// whose digests are known: the children got them already).
+// whose digests are known: the children got them already). The CDN's new
+// pieces are handed out by grantLocked instead (super-seeding).
 func (s *Scheduler) availableLocked(p *peer, pieces []uint32) {
-	if len(pieces) == 0 || len(p.children) == 0 {
+	if len(pieces) == 0 {
 		return
 	}
-	if p.isCDN() && s.cfg.CDNFanout > 0 && len(p.children) > s.cfg.CDNFanout {
-		s.superSeedLocked(p, pieces)
+	if p.isCDN() && s.cfg.CDNFanout > 0 {
+		s.grantLocked(p.task, nil)
+		return
+	}
+	if len(p.children) == 0 {
 		return
 	}
 	pkt := &schedulerv1.SchedulerPacket{Body: &schedulerv1.SchedulerPacket_Available{Available: &schedulerv1.PieceAvailable{
@@ -648,36 +677,224 @@ func (s *Scheduler) availableLocked(p *peer, pieces []uint32) {
 	}
 }
 
-// superSeedLocked announces each fresh CDN piece to only CDNFanout of the
-// CDN's children, rotating, so the supernode sends a piece to few hosts and
-// the swarm spreads it. Other children see the piece in the CDN's bitmap
-// only once it is CDNFreshness old (parentBitmapLocked), so nobody starves
-// if the chosen ones are slow.
-func (s *Scheduler) superSeedLocked(p *peer, pieces []uint32) {
-	kids := make([]*peer, 0, len(p.children))
-	for c := range p.children {
-		kids = append(kids, c)
-	}
-	slices.SortFunc(kids, func(a, b *peer) int { return cmp.Compare(a.host.hash, b.host.hash) })
-	per := make(map[*peer][]uint32, len(kids))
-	t := p.task
-	if t.superSeed == nil {
-		t.superSeed = map[int]superSeedNote{}
+// grantLocked is super-seeding. The CDN hands each piece it holds to
+// CDNFanout downloading hosts (fewer when the swarm already has copies),
+// first copies of every piece before second ones, with at most CDNGrants
+// of them being sent at once so that they do not all crawl together; only
+// a grantee sees the piece in the CDN's bitmap, and the swarm spreads it
+// from there. A grantee that has the CDN
+// as a parent gets a PieceAvailable; one that has not is re-assigned (the
+// grant is a gap only the CDN fills, so the CDN joins its set). It runs
+// when the CDN gets pieces and when grants land, stall (CDNFreshness) or
+// lose their grantee. Grants to next are only recorded: the caller
+// assigns next's parents right after.
+func (s *Scheduler) grantLocked(t *task, next *peer) {
+	c := t.cdn
+	if c == nil || c.gone || s.cfg.CDNFanout <= 0 {
+		return
 	}
 	now := s.clk.Now()
-	for _, n := range pieces {
-		note := superSeedNote{at: now}
-		for k := 0; k < s.cfg.CDNFanout; k++ {
-			c := kids[(int(n)*s.cfg.CDNFanout+k)%len(kids)]
-			per[c] = append(per[c], n)
-			note.to = append(note.to, c)
+	held := piece.Bitmap(maskedBitmap(c))
+	// A grant counts as being sent for as long as the CDN recently took
+	// per piece (its measured throughput): reports arrive in batches, up
+	// to a report interval after a piece landed, and waiting for them
+	// would leave the CDN idle meanwhile. Until something is measured, a
+	// grant counts until it lands or stalls.
+	busyFor := s.cfg.CDNFreshness
+	if tp := c.host.tp; tp > 0 && t.pieceSize > 0 {
+		busyFor = min(busyFor, time.Duration(float64(t.pieceSize)/tp*float64(time.Second)))
+	}
+	copies := s.copies[:0]
+	busy := 0
+	for n := range len(held) * 8 {
+		k, live := s.copiesLocked(t, n, now, busyFor)
+		busy += live
+		if !held.Has(n) {
+			k = int32(s.cfg.CDNFanout)
 		}
-		t.superSeed[int(n)] = note
+		copies = append(copies, k)
 	}
-	for c, ns := range per {
-		s.send(c.host, &schedulerv1.SchedulerPacket{Body: &schedulerv1.SchedulerPacket_Available{Available: &schedulerv1.PieceAvailable{
-			TaskId: p.task.id, HostId: p.host.info.ID, Pieces: ns}}})
+	s.copies = copies[:0]
+	if busy >= s.cfg.CDNGrants {
+		return
 	}
+	var order []*peer
+	per := map[*peer][]uint32{}
+	var reassign []*peer
+	for _, n := range NextGrants(copies, s.cfg.CDNFanout, s.cfg.CDNGrants-busy) {
+		q := s.grantTargetLocked(t, n)
+		if q == nil {
+			continue
+		}
+		s.addGrantLocked(q, n, now)
+		if q == next {
+			continue
+		}
+		if _, ok := c.children[q]; ok {
+			if per[q] == nil {
+				order = append(order, q)
+			}
+			per[q] = append(per[q], uint32(n))
+		} else if !slices.Contains(reassign, q) {
+			reassign = append(reassign, q)
+		}
+	}
+	for _, q := range order {
+		s.send(q.host, &schedulerv1.SchedulerPacket{Body: &schedulerv1.SchedulerPacket_Available{Available: &schedulerv1.PieceAvailable{
+			TaskId: t.id, HostId: c.host.info.ID, Pieces: per[q]}}})
+	}
+	for _, q := range reassign {
+		s.assignLocked(q)
+	}
+}
+
+// grantScan bounds the peers looked at for one grant.
+const grantScan = 64
+
+// grantTargetLocked picks the downloading peer to hand piece n to: among
+// at most grantScan eligible peers from where the last search ended, the
+// one with the fewest grants on their way, then the most children (they
+// hear of the piece as soon as it lands, so it spreads at once). nil when
+// none is eligible.
+func (s *Scheduler) grantTargetLocked(t *task, n int) *peer {
+	var best *peer
+	bestKey, bestAt := 0, 0
+	for i, seen := 0, 0; i < len(t.list) && seen < grantScan; i++ {
+		j := (t.grantNext + i) % len(t.list)
+		q := t.list[j]
+		if q.isCDN() || !q.admitted || q.gone || q.done || q.bitmap.Has(n) || slices.Contains(q.granted, int32(n)) {
+			continue
+		}
+		seen++
+		key := s.outstandingLocked(q)*1000 - min(len(q.children), 999)
+		if best == nil || key < bestKey {
+			best, bestKey, bestAt = q, key, j
+		}
+	}
+	if best != nil {
+		t.grantNext = bestAt + 1
+	}
+	return best
+}
+
+// addGrantLocked records that the CDN hands piece n to q.
+func (s *Scheduler) addGrantLocked(q *peer, n int, now time.Time) {
+	t := q.task
+	for len(t.grants) <= n {
+		t.grants = append(t.grants, nil)
+	}
+	t.grants[n] = append(t.grants[n], cdnGrant{to: q, at: now})
+	q.granted = append(q.granted, int32(n))
+	s.metrics.CDNGrants.Inc()
+}
+
+// outstandingLocked prunes q's grants of pieces it holds and returns how
+// many remain.
+func (s *Scheduler) outstandingLocked(q *peer) int {
+	kept := q.granted[:0]
+	for _, n := range q.granted {
+		if !q.bitmap.Has(int(n)) {
+			kept = append(kept, n)
+		}
+	}
+	q.granted = kept
+	return len(kept)
+}
+
+// copiesLocked returns the copies of piece n the swarm has or is about to
+// have — the peers holding it plus the CDN's grants of it still on their
+// way (the grantee downloads and lacks the piece, and the grant is younger
+// than CDNFreshness: an older one has stalled) — and how many of those
+// grants are younger than busyFor (the CDN is likely still sending them).
+// It prunes grants that no longer matter.
+func (s *Scheduler) copiesLocked(t *task, n int, now time.Time, busyFor time.Duration) (int32, int) {
+	var c int32
+	if n < len(t.holders) {
+		c = t.holders[n]
+	}
+	if n >= len(t.grants) {
+		return c, 0
+	}
+	gs := t.grants[n]
+	kept := gs[:0]
+	live, busy := 0, 0
+	for _, g := range gs {
+		if g.to.gone || g.to.done || g.to.bitmap.Has(n) {
+			continue
+		}
+		kept = append(kept, g)
+		if age := now.Sub(g.at); age < s.cfg.CDNFreshness {
+			live++
+			if age < busyFor {
+				busy++
+			}
+		}
+	}
+	clear(gs[len(kept):])
+	t.grants[n] = kept
+	return c + int32(live), busy
+}
+
+// grantedBitmap returns the CDN pieces handed to p that it lacks.
+func (s *Scheduler) grantedBitmap(p *peer) piece.Bitmap {
+	s.outstandingLocked(p)
+	var b piece.Bitmap
+	for _, n := range p.granted {
+		b.Set(int(n))
+	}
+	return b
+}
+
+// cdnOfferLocked is what the CDN (cdn) offers child p, whose bitmap as
+// parent choice sees it is view: see CDNOffer.
+func (s *Scheduler) cdnOfferLocked(cdn, p *peer, view piece.Bitmap) piece.Bitmap {
+	if s.cfg.CDNFanout <= 0 {
+		return CDNOffer(view, maskedBitmap(cdn), nil, false)
+	}
+	return CDNOffer(view, maskedBitmap(cdn), s.grantedBitmap(p), true)
+}
+
+// gainLocked records that p holds piece n, and reports whether that is
+// news.
+func (s *Scheduler) gainLocked(p *peer, n int) bool {
+	if p.bitmap.Has(n) {
+		return false
+	}
+	p.bitmap.Set(n)
+	if p.isCDN() {
+		return true
+	}
+	t := p.task
+	for len(t.holders) <= n {
+		t.holders = append(t.holders, 0)
+		t.recent = append(t.recent, [recentHolders]*peer{})
+		t.recentNext = append(t.recentNext, 0)
+	}
+	t.holders[n]++
+	i := t.recentNext[n]
+	t.recent[n][i] = p
+	t.recentNext[n] = (i + 1) % recentHolders
+	return true
+}
+
+// updateHungryLocked keeps p's membership of task.hungry current.
+func (s *Scheduler) updateHungryLocked(p *peer) {
+	t := p.task
+	want := !p.isCDN() && p.admitted && !p.gone && !p.done && len(p.parents) < s.cfg.MaxParents
+	if want == (p.hungryIdx >= 0) {
+		return
+	}
+	if want {
+		p.hungryIdx = len(t.hungry)
+		t.hungry = append(t.hungry, p)
+		return
+	}
+	last := t.hungry[len(t.hungry)-1]
+	t.hungry[p.hungryIdx] = last
+	last.hungryIdx = p.hungryIdx
+	t.hungry[len(t.hungry)-1] = nil
+	t.hungry = t.hungry[:len(t.hungry)-1]
+	p.hungryIdx = -1
 }
 
 // ---------------------------------------------------------------- parents
@@ -704,22 +921,19 @@ func childView(p *peer, width int) piece.Bitmap {
 }
 
 // parentBitmapLocked is parent q's bitmap as child sees it: limited to
-// known digests and, for the CDN, without the fresh pieces it announced to
-// other children (super-seeding) until they are CDNFreshness old.
+// known digests and, for the CDN under super-seeding, to the pieces handed
+// to the child (grants).
 func (s *Scheduler) parentBitmapLocked(q, child *peer) []byte {
 	b := maskedBitmap(q)
-	t := q.task
-	if !q.isCDN() || len(t.superSeed) == 0 {
+	if !q.isCDN() || s.cfg.CDNFanout <= 0 {
 		return b
 	}
-	now := s.clk.Now()
-	for n, note := range t.superSeed {
-		if now.Sub(note.at) >= s.cfg.CDNFreshness {
-			delete(t.superSeed, n)
-			continue
-		}
-		if !slices.Contains(note.to, child) {
-			piece.Bitmap(b).Clear(n)
+	g := s.grantedBitmap(child)
+	for i := range b {
+		if i < len(g) {
+			b[i] &= g[i]
+		} else {
+			b[i] = 0
 		}
 	}
 	return b
@@ -744,17 +958,80 @@ func maskedBitmap(q *peer) []byte {
 
 func (s *Scheduler) candidateLocked(q, child *peer, now time.Time) Candidate {
 	h := q.host
-	load := max(h.children, h.activeUploads)
+	// The load a parent would have with this child: a current parent
+	// already counts it.
+	children := h.children
+	_, current := q.children[child]
+	if current {
+		children--
+	}
+	load := max(children, h.activeUploads)
 	fails := h.failures(now)
 	if l := child.links[h.info.ID]; l != nil {
 		fails += l.Failures
 	}
 	return Candidate{
-		ID: h.info.ID, Bitmap: q.bitmap, Load: load, Throughput: h.tp, Failures: fails,
+		ID: h.info.ID, Bitmap: q.bitmap, Load: load, Throughput: h.tp, Failures: fails, Current: current,
 		Zone: h.info.Zone, CDN: h.info.CDN, Seeding: h.info.CDN && q.task.seed == seedRunning,
 		Downloading: !h.info.CDN && !q.done, Quarantined: h.quarantined, Tiebreak: h.hash,
 	}
 }
+
+// candidatesLocked returns the peers parent choice scores for p: the CDN
+// and, in a swarm of at most 2 × CandidateSample peers (or with
+// CandidateSample 0), every other peer; in a larger one p's current
+// parents, recent holders of p's rarest missing pieces, and
+// CandidateSample peers drawn at random — so a decision costs the same
+// whatever the swarm's size. Avoided parents are left out.
+func (s *Scheduler) candidatesLocked(p *peer, now time.Time) []*peer {
+	t := p.task
+	s.epoch++
+	pool := s.pool[:0]
+	add := func(q *peer) {
+		if q == p || q.mark == s.epoch || !q.admitted || q.gone {
+			return
+		}
+		q.mark = s.epoch
+		if until, ok := p.avoid[q.host.info.ID]; ok {
+			if now.Before(until) {
+				return
+			}
+			delete(p.avoid, q.host.info.ID)
+		}
+		pool = append(pool, q)
+	}
+	if t.cdn != nil {
+		add(t.cdn)
+	}
+	k := s.cfg.CandidateSample
+	if k <= 0 || len(t.list) <= 2*k {
+		for _, q := range t.list {
+			add(q)
+		}
+		s.pool = pool
+		return pool
+	}
+	for _, q := range p.parents {
+		add(q)
+	}
+	for _, n := range RarestMissing(p.bitmap, t.known, t.holders, rarePieces, p.host.hash^s.draws) {
+		for _, q := range t.recent[n] {
+			if q != nil && q.bitmap.Has(n) {
+				add(q)
+			}
+		}
+	}
+	s.draws++
+	for _, i := range SampleIndexes(len(t.list), k, mix(p.host.hash^s.draws)) {
+		add(t.list[i])
+	}
+	s.pool = pool
+	return pool
+}
+
+// rarePieces is how many of a child's rarest missing pieces recruit their
+// recent holders as candidates.
+const rarePieces = 4
 
 // assignLocked chooses p's parents and sends them as a ParentSet.
 func (s *Scheduler) assignLocked(p *peer) {
@@ -766,27 +1043,43 @@ func (s *Scheduler) assignLocked(p *peer) {
 	var chosen []*peer
 	if !p.done {
 		now := s.clk.Now()
-		cands := s.scratch[:0]
+		pool := s.candidatesLocked(p, now)
 		width := 0
-		for _, q := range t.list {
-			if q == p || !q.admitted || q.gone {
-				continue
-			}
-			if until, ok := p.avoid[q.host.info.ID]; ok {
-				if now.Before(until) {
-					continue
-				}
-				delete(p.avoid, q.host.info.ID)
-			}
-			cands = append(cands, s.candidateLocked(q, p, now))
+		for _, q := range pool {
 			width = max(width, len(q.bitmap))
 		}
 		child := Candidate{ID: p.host.info.ID, Bitmap: childView(p, width), Zone: p.host.info.Zone, Tiebreak: p.host.hash}
-		for _, c := range ChooseParents(child, cands, s.cfg.MaxParents, s.cfg.Weights) {
-			chosen = append(chosen, t.peers[c.ID])
+		cands := s.scratch[:0]
+		cdnAt := -1
+		for _, q := range pool {
+			c := s.candidateLocked(q, p, now)
+			if q.isCDN() {
+				c.Bitmap = s.cdnOfferLocked(q, p, child.Bitmap)
+				cdnAt = len(cands)
+			}
+			cands = append(cands, c)
+		}
+		picked := ChooseParents(child, cands, s.cfg.MaxParents, s.cfg.Weights)
+		if len(picked) == 0 && cdnAt >= 0 && s.cfg.CDNFanout > 0 {
+			// Nobody to trade with and nothing rare left: the CDN offers
+			// the child whatever it lacks rather than leave it stuck.
+			cands[cdnAt].Bitmap = CDNOffer(child.Bitmap, maskedBitmap(t.cdn), nil, false)
+			picked = ChooseParents(child, cands, s.cfg.MaxParents, s.cfg.Weights)
+		}
+		var offer piece.Bitmap
+		for _, c := range picked {
+			q := t.peers[c.ID]
+			if q.isCDN() {
+				offer = c.Bitmap
+			}
+			chosen = append(chosen, q)
+		}
+		if offer != nil && s.cfg.CDNFanout > 0 {
+			s.grantGapLocked(p, offer, chosen, now)
 		}
 		clear(cands)
 		s.scratch = cands[:0]
+		clear(pool)
 	}
 	s.setParentsLocked(p, chosen)
 	ps := &schedulerv1.ParentSet{TaskId: t.id, Parents: make([]*schedulerv1.Parent, 0, len(chosen))}
@@ -796,6 +1089,28 @@ func (s *Scheduler) assignLocked(p *peer) {
 	}
 	s.send(p.host, &schedulerv1.SchedulerPacket{Body: &schedulerv1.SchedulerPacket_Parents{Parents: ps}})
 	s.metrics.Decision.Observe(time.Since(start).Seconds())
+}
+
+// grantGapLocked hands child p the pieces the CDN offered it (offer) that
+// were not granted to it yet and that none of its chosen peers holds:
+// only those will it fetch from the CDN.
+func (s *Scheduler) grantGapLocked(p *peer, offer piece.Bitmap, chosen []*peer, now time.Time) {
+	g := s.grantedBitmap(p)
+	for n := range len(offer) * 8 {
+		if !offer.Has(n) || g.Has(n) {
+			continue
+		}
+		covered := false
+		for _, q := range chosen {
+			if !q.isCDN() && q.bitmap.Has(n) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			s.addGrantLocked(p, n, now)
+		}
+	}
 }
 
 // setParentsLocked replaces p's parents, keeping children sets and host
@@ -814,6 +1129,7 @@ func (s *Scheduler) setParentsLocked(p *peer, parents []*peer) {
 		}
 	}
 	p.parents = parents
+	s.updateHungryLocked(p)
 }
 
 // removePeersLocked removes peers from their tasks; their children (not
@@ -840,6 +1156,14 @@ func (s *Scheduler) removePeersLocked(ps []*peer) {
 		}
 		p.host.children -= len(p.children)
 		p.children = nil
+		if !p.isCDN() {
+			for n := range t.holders {
+				if p.bitmap.Has(n) {
+					t.holders[n]--
+				}
+			}
+		}
+		s.updateHungryLocked(p)
 		delete(t.peers, p.host.info.ID)
 		last := t.list[len(t.list)-1]
 		t.list[p.idx] = last
@@ -950,6 +1274,8 @@ func (s *Scheduler) ReportPieces(hostID string, r *schedulerv1.PieceReports) {
 	count := t.count()
 	var avail []uint32
 	replace := map[string]string{}
+	// A grantee's report may land a CDN grant: hand out the next ones.
+	regrant := len(p.granted) > 0
 	results := r.Results
 	if len(results) > MaxReportBatch {
 		results = results[:MaxReportBatch]
@@ -965,11 +1291,8 @@ func (s *Scheduler) ReportPieces(hostID string, r *schedulerv1.PieceReports) {
 		}
 		switch res.GetFailure() {
 		case schedulerv1.Failure_FAILURE_NONE:
-			if !p.bitmap.Has(n) {
-				p.bitmap.Set(n)
-				if t.known.Has(n) {
-					avail = append(avail, uint32(n))
-				}
+			if s.gainLocked(p, n) && t.known.Has(n) {
+				avail = append(avail, uint32(n))
 			}
 			h.bytesReceived += res.GetBytes()
 			src := "origin"
@@ -977,6 +1300,7 @@ func (s *Scheduler) ReportPieces(hostID string, r *schedulerv1.PieceReports) {
 				src = "p2p"
 				if par.info.CDN {
 					src = "cdn"
+					regrant = true
 				}
 				par.bytesServed += res.GetBytes()
 				if res.GetCostMs() > 0 && res.GetBytes() > 0 {
@@ -1003,6 +1327,9 @@ func (s *Scheduler) ReportPieces(hostID string, r *schedulerv1.PieceReports) {
 		}
 	}
 	s.availableLocked(p, avail)
+	if regrant {
+		s.grantLocked(t, nil)
+	}
 	if p.done || p.gone {
 		return
 	}
@@ -1119,11 +1446,8 @@ func (s *Scheduler) markDoneLocked(p *peer) {
 	if n := t.count(); n >= 0 {
 		var avail []uint32
 		for i := 0; i < n; i++ {
-			if !p.bitmap.Has(i) {
-				p.bitmap.Set(i)
-				if t.known.Has(i) {
-					avail = append(avail, uint32(i))
-				}
+			if s.gainLocked(p, i) && t.known.Has(i) {
+				avail = append(avail, uint32(i))
 			}
 		}
 		s.availableLocked(p, avail)
@@ -1387,6 +1711,7 @@ func (s *Scheduler) SeedDone(taskID string, length int64, digest string) {
 	}
 	s.log.Info("seed done", "task", taskID, "length", t.length)
 	s.broadcastLocked(t, infoPacket(baseInfo(t)))
+	s.grantLocked(t, nil)
 }
 
 // SeedFailed records the seeder's failure: every host of the task that has
@@ -1411,9 +1736,9 @@ func (s *Scheduler) SeedFailed(taskID string, e *schedulerv1.TaskError) {
 		// forget them and every bitmap built on them, so a later seed (the
 		// origin repaired) starts clean.
 		t.sums, t.known, t.nKnown, t.complete, t.sumsVerified = nil, nil, 0, false, false
-		t.superSeed = nil
+		t.holders, t.recent, t.recentNext, t.grants = nil, nil, nil, nil
 		for _, p := range t.list {
-			p.bitmap = nil
+			p.bitmap, p.granted = nil, nil
 		}
 	}
 	var ps []*peer
@@ -1483,6 +1808,8 @@ func (s *Scheduler) Housekeep() {
 				s.send(p.host, infoPacket(ti))
 			}
 		}
+		// Grants that stalled or lost their grantee free their slots.
+		s.grantLocked(t, nil)
 		s.gcTaskLocked(t)
 	}
 	s.metrics.Hosts.Set(float64(len(s.hosts)))

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/pouchfly/pouchfly/piece"
 	"slices"
 	"strings"
 	"testing"
@@ -169,8 +168,11 @@ func TestOrderingContract(t *testing.T) {
 		}
 	}
 	e.s.SeedDone(task, count<<20, task)
-	// h0 saw each digest exactly once, in order, and a PieceAvailable from
-	// the CDN for each piece.
+	// h0 saw each digest exactly once, in order, and heard of each piece
+	// from a parent (a PieceAvailable or a bitmap in a ParentSet: from
+	// the CDN, or — once h0's set is full of peers, which a seeding CDN no
+	// longer displaces — from the peers that got it), so the recorder
+	// checked the order for every piece.
 	ps := e.rec.take("h0")
 	seen := map[int]int{}
 	for _, ti := range infos(ps) {
@@ -183,8 +185,8 @@ func TestOrderingContract(t *testing.T) {
 			t.Fatalf("h0 got the digest of piece %d %d times", n, seen[n])
 		}
 	}
-	if got := avail(ps, "cdn"); len(got) != count {
-		t.Fatalf("h0 got %d PieceAvailable from the CDN, want %d", len(got), count)
+	if got := heardFrom(ps, ""); len(got) != count {
+		t.Fatalf("h0 heard of %d pieces, want %d", len(got), count)
 	}
 	if last := infos(ps); !last[len(last)-1].Complete {
 		t.Fatal("final TaskInfo not complete")
@@ -648,9 +650,16 @@ func TestAuthorizerGatesJoins(t *testing.T) {
 	}
 }
 
-// 1000 hosts on one task, a CDN with every piece, peers at various stages:
-// the cost of one NeedParents (candidate build, choice, ParentSet).
-func BenchmarkNeedParents1000(b *testing.B) {
+// N hosts on one task, a CDN with every piece, peers at various stages:
+// the cost of one NeedParents (candidate build, choice, ParentSet), which
+// must not grow with N (candidate sampling).
+func BenchmarkNeedParents(b *testing.B) {
+	for _, n := range []int{100, 1000, 10000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) { benchNeedParents(b, n) })
+	}
+}
+
+func benchNeedParents(b *testing.B, hosts int) {
 	signer, _ := tasktoken.NewSigner(nil)
 	s, err := New(DefaultConfig(), nopSender{}, &fakeSeeder{}, signer, nil)
 	if err != nil {
@@ -659,7 +668,7 @@ func BenchmarkNeedParents1000(b *testing.B) {
 	s.AddHost(HostInfo{ID: "cdn", IP: "10.0.0.1", UploadPort: 1, CDN: true})
 	task := taskID(1)
 	const pieces = 256
-	for i := range 1000 {
+	for i := range hosts {
 		id := fmt.Sprintf("host-%04d", i)
 		s.AddHost(HostInfo{ID: id, IP: "10.1.0.1", UploadPort: 2, Zone: fmt.Sprint("z", i%4)})
 		if err := s.Register(id, reg(task)); err != nil {
@@ -682,7 +691,7 @@ func BenchmarkNeedParents1000(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		s.NeedParents(fmt.Sprintf("host-%04d", i%1000), np)
+		s.NeedParents(fmt.Sprintf("host-%04d", i%hosts), np)
 		i++
 	}
 }
@@ -792,59 +801,244 @@ func TestSeedEvicted(t *testing.T) {
 	}
 }
 
-// With CDNFanout k, each fresh CDN piece is announced to exactly k of the
-// CDN's children, spread over all of them.
+// Super-seeding: the CDN hands each piece to CDNFanout downloading hosts,
+// first copies of every piece it holds before any second copy, with at most
+// CDNGrants of them being sent at once. A grantee hears of its pieces (a
+// PieceAvailable when the CDN is already its parent, else the CDN's
+// bitmap in a new ParentSet); nobody sees a piece in the CDN's bitmap
+// that was not handed to it.
 func TestCDNSuperSeeding(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.CDNFanout = 2
+	cfg.CDNGrants = 4
 	e := newEnv(t, cfg, &fakeSeeder{})
 	task := taskID(21)
-	for i := range 6 {
+	const hosts, count = 6, 12
+	for i := range hosts {
 		h := fmt.Sprint("h", i)
 		e.host(h, "")
 		e.must(e.s.Register(h, reg(task)))
 	}
-	e.s.SeedMeta(task, 12<<20, 1<<20)
-	for i := range 6 {
+	e.s.SeedMeta(task, count<<20, 1<<20)
+	for i := range hosts {
 		e.rec.take(fmt.Sprint("h", i))
 	}
-	for n := range 12 {
-		e.s.SeedPiece(task, n, sum(task, n))
-	}
-	heard := map[uint32]int{}
-	for i := range 6 {
-		got := avail(e.rec.take(fmt.Sprint("h", i)), "cdn")
-		if len(got) == 0 {
-			t.Errorf("h%d heard of no CDN piece", i)
-		}
-		for _, n := range got {
-			heard[n]++
-		}
-	}
-	for n := range 12 {
-		if heard[uint32(n)] != 2 {
-			t.Errorf("piece %d announced to %d children, want 2", n, heard[uint32(n)])
-		}
-	}
-	// A parent refresh does not reveal fresh pieces to the children they
-	// were not announced to, until CDNFreshness has passed.
-	cdnBits := func(h string) piece.Bitmap {
-		e.s.NeedParents(h, &schedulerv1.NeedParents{TaskId: task})
-		for _, p := range e.rec.take(h) {
-			for _, par := range p.GetParents().GetParents() {
-				if par.Cdn {
-					return piece.Bitmap(par.Bitmap)
+	// All at once, so that the order of grants shows (one piece at a time,
+	// each gets its copies as it arrives, budget allowing).
+	e.s.SeedPieces(task, 0, sums(task, count))
+	seen := map[string]map[int]bool{} // host -> CDN pieces it heard of
+	to := map[int][]string{}          // piece -> hosts it was handed to
+	// heard returns the CDN pieces each host newly heard of.
+	heard := func() map[string][]int {
+		out := map[string][]int{}
+		for i := range hosts {
+			h := fmt.Sprint("h", i)
+			if seen[h] == nil {
+				seen[h] = map[int]bool{}
+			}
+			for n := range cdnHeard(e.rec.take(h)) {
+				if !seen[h][n] {
+					seen[h][n] = true
+					out[h] = append(out[h], n)
+					to[n] = append(to[n], h)
 				}
 			}
 		}
-		return nil
+		return out
 	}
-	if got := cdnBits("h0").Count(); got >= 12 || got == 0 {
-		t.Errorf("h0 sees %d fresh CDN pieces at refresh, want only those announced to it", got)
+	for round := 0; ; round++ {
+		if round == 10 {
+			t.Fatal("grants did not settle")
+		}
+		firstsBefore := len(to)
+		got := heard()
+		grants := 0
+		for _, ns := range got {
+			grants += len(ns)
+		}
+		if grants == 0 {
+			break
+		}
+		if grants > cfg.CDNGrants {
+			t.Fatalf("round %d: %d grants at once, want at most %d", round, grants, cfg.CDNGrants)
+		}
+		for _, ns := range got {
+			for _, n := range ns {
+				if len(to[n]) > 1 && firstsBefore < count {
+					t.Fatalf("round %d: second copy of piece %d while pieces had none", round, n)
+				}
+			}
+		}
+		// The grantees fetch their pieces from the CDN.
+		for h, ns := range got {
+			for _, n := range ns {
+				e.report(h, task, res("cdn", n, vNone, 100))
+			}
+		}
+	}
+	for n := range count {
+		if len(to[n]) != 2 || to[n][0] == to[n][1] {
+			t.Errorf("piece %d handed to %v, want 2 hosts", n, to[n])
+		}
+	}
+}
+
+// A piece handed to a host that does not fetch it within CDNFreshness has
+// stalled: the CDN hands it to another host (and the first may still take
+// it).
+func TestCDNGrantStalls(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.CDNFanout = 1
+	e := newEnv(t, cfg, &fakeSeeder{})
+	task := taskID(22)
+	for _, h := range []string{"a", "b", "c"} {
+		e.host(h, "")
+		e.must(e.s.Register(h, reg(task)))
+	}
+	e.s.SeedMeta(task, 1<<20, 1<<20)
+	e.s.SeedPiece(task, 0, sum(task, 0))
+	var first string
+	for _, h := range []string{"a", "b", "c"} {
+		if cdnHeard(e.rec.take(h))[0] {
+			if first != "" {
+				t.Fatalf("piece 0 handed to %s and %s, want one host", first, h)
+			}
+			first = h
+		}
+	}
+	if first == "" {
+		t.Fatal("piece 0 handed to nobody")
+	}
+	e.s.Housekeep()
+	for _, h := range []string{"a", "b", "c"} {
+		if h != first && cdnHeard(e.rec.take(h))[0] {
+			t.Fatalf("piece 0 handed to %s before the grant to %s stalled", h, first)
+		}
 	}
 	e.clk.Advance(cfg.CDNFreshness)
-	if got := cdnBits("h0").Count(); got != 12 {
-		t.Errorf("after CDNFreshness h0 sees %d CDN pieces, want all 12", got)
+	e.s.Housekeep()
+	again := 0
+	for _, h := range []string{"a", "b", "c"} {
+		if h != first && cdnHeard(e.rec.take(h))[0] {
+			again++
+		}
+	}
+	if again != 1 {
+		t.Fatalf("after the grant stalled piece 0 was handed to %d more hosts, want 1", again)
+	}
+	e.s.NeedParents(first, &schedulerv1.NeedParents{TaskId: task})
+	if !cdnHeard(e.rec.take(first))[0] {
+		t.Fatalf("%s no longer sees its stalled grant", first)
+	}
+}
+
+// In a large swarm one decision scores a bounded set of candidates: the
+// CDN, the current parents, recent holders of the rarest missing pieces
+// and CandidateSample random peers; a small swarm scores everyone.
+func TestCandidatesBounded(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.CandidateSample = 8
+	e := newEnv(t, cfg, &fakeSeeder{})
+	task := taskID(23)
+	const pieces = 32
+	for i := range 500 {
+		h := fmt.Sprintf("h%04d", i)
+		e.host(h, "")
+		e.must(e.s.Register(h, reg(task)))
+		if i == 0 {
+			e.seedAll(task, pieces)
+		}
+		if i%3 == 0 {
+			e.report(h, task, res("cdn", i%pieces, vNone, 100))
+		}
+		if i == 2*cfg.CandidateSample-2 {
+			// 2×CandidateSample peers with the CDN: small, everyone scored.
+			e.s.lock()
+			p := e.s.tasks[task].peers[h]
+			if got, want := len(e.s.candidatesLocked(p, e.clk.Now())), len(e.s.tasks[task].list)-1; got != want {
+				e.s.unlock()
+				t.Fatalf("small swarm: %d candidates, want all %d", got, want)
+			}
+			e.s.unlock()
+		}
+	}
+	e.s.lock()
+	defer e.s.unlock()
+	tk := e.s.tasks[task]
+	limit := 1 + cfg.MaxParents + rarePieces*recentHolders + cfg.CandidateSample
+	for _, h := range []string{"h0001", "h0277", "h0499"} {
+		p := tk.peers[h]
+		got := e.s.candidatesLocked(p, e.clk.Now())
+		if len(got) > limit || len(got) < cfg.CandidateSample {
+			t.Fatalf("%s: %d candidates, want %d..%d", h, len(got), cfg.CandidateSample, limit)
+		}
+		// The holders of its rarest missing pieces are among them.
+		rare := RarestMissing(p.bitmap, tk.known, tk.holders, 1, 0)
+		found := false
+		for _, q := range got {
+			if q.bitmap.Has(rare[0]) {
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("%s: no holder of its rarest missing piece %d among the candidates", h, rare[0])
+		}
+	}
+}
+
+// Per-piece holder counts follow reports, completions and departures.
+func TestHolderCounts(t *testing.T) {
+	e := newEnv(t, DefaultConfig(), &fakeSeeder{})
+	task := taskID(24)
+	for _, h := range []string{"a", "b", "c"} {
+		e.host(h, "")
+		e.must(e.s.Register(h, reg(task)))
+	}
+	e.seedAll(task, 4)
+	e.report("a", task, res("cdn", 0, vNone, 100), res("cdn", 1, vNone, 100))
+	e.report("b", task, res("a", 1, vNone, 100), res("a", 1, vNone, 100))
+	e.s.Done("c", &schedulerv1.TaskDone{TaskId: task, Success: true})
+	check := func(want ...int32) {
+		t.Helper()
+		e.s.lock()
+		defer e.s.unlock()
+		if got := e.s.tasks[task].holders; !slices.Equal(got, want) {
+			t.Fatalf("holders %v, want %v", got, want)
+		}
+	}
+	check(2, 3, 1, 1)
+	e.s.RemoveHost("c")
+	check(1, 2, 0, 0)
+	e.s.Leave("a", task)
+	check(0, 1, 0, 0)
+}
+
+// A registration re-assigns at most maxAdopters of the downloading hosts
+// that have a free parent slot, whatever the swarm's size.
+func TestAdoptionBounded(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MaxParents = 64 // everyone keeps a free slot
+	e := newEnv(t, cfg, &fakeSeeder{})
+	task := taskID(25)
+	const n = 40
+	for i := range n {
+		h := fmt.Sprint("h", i)
+		e.host(h, "")
+		e.must(e.s.Register(h, reg(task)))
+	}
+	for i := range n {
+		e.rec.take(fmt.Sprint("h", i))
+	}
+	e.host("new", "")
+	e.must(e.s.Register("new", reg(task)))
+	adopted := 0
+	for i := range n {
+		if parentSets(e.rec.take(fmt.Sprint("h", i))) > 0 {
+			adopted++
+		}
+	}
+	if adopted == 0 || adopted > maxAdopters {
+		t.Fatalf("%d hosts adopted the newcomer, want 1..%d", adopted, maxAdopters)
 	}
 }
 

@@ -93,15 +93,33 @@ type task struct {
 	cdn       *peer
 	doneCount int // non-CDN peers holding the whole task
 	created   time.Time
-	// superSeed records, per CDN piece announced to only a few children,
-	// when and to whom (see superSeedLocked).
-	superSeed map[int]superSeedNote
+
+	// holders counts, per piece, the non-CDN peers holding it; recent
+	// keeps, per piece, the last recentHolders peers that got it (a ring;
+	// entries may have left since), so that a child can be offered holders
+	// of its rarest missing pieces without a scan of the swarm.
+	holders    []int32
+	recent     [][recentHolders]*peer
+	recentNext []uint8
+	// grants lists, per piece, the children the CDN handed the piece to
+	// (super-seeding, see grantLocked); fulfilled ones are pruned lazily.
+	grants [][]cdnGrant
+	// grantNext is where the search for the next grant target resumes in
+	// list, so grants rotate over the swarm.
+	grantNext int
+	// hungry lists the downloading peers with fewer than MaxParents
+	// parents (peer.hungryIdx is the index), the ones that adopt a
+	// newcomer at once.
+	hungry []*peer
 }
 
-// superSeedNote is one fresh CDN piece's announcement.
-type superSeedNote struct {
+// recentHolders is the size of a piece's ring of recent holders.
+const recentHolders = 4
+
+// cdnGrant is one CDN piece handed to one child.
+type cdnGrant struct {
+	to *peer
 	at time.Time
-	to []*peer
 }
 
 // count is the number of pieces, -1 while unknown.
@@ -136,6 +154,14 @@ type peer struct {
 	avoid    map[string]time.Time  // parent host ID -> until
 
 	tokenExpiry time.Time
+
+	// granted lists the CDN pieces handed to this peer that it may still
+	// lack (pruned lazily).
+	granted []int32
+	// hungryIdx is the index in task.hungry, -1 when not there.
+	hungryIdx int
+	// mark dedupes candidates within one decision (Scheduler.epoch).
+	mark uint64
 }
 
 func (p *peer) link(parent string) *LinkStats {

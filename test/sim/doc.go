@@ -16,9 +16,10 @@
 // its Sender, Disconnecter and Seeder. The CDN is a host with CDN set.
 // Hosts send what agents send: Hello (AddHost) before the pull, Register
 // when the download starts, PieceReports batched on a ReportInterval
-// ticker (100 ms, as told in Welcome), NeedParents every second while
-// downloading and at once when a parent is dropped after failures, and
-// Done. The supernode's Run loop is modelled by a Housekeep call every
+// ticker (100 ms, as told in Welcome), NeedParents once a second while
+// starved (fewer than two parents, or none holding a missing piece not
+// already in flight) and every fifth second otherwise, and at once when a
+// parent is dropped after failures, and Done. The supernode's Run loop is modelled by a Housekeep call every
 // HousekeepingInterval; a host it times out reconnects 100 ms later
 // (Hello + Held for a finished task). Packets take RTT/2 each way.
 //
@@ -55,11 +56,14 @@
 // endgame duplicates when every missing piece is in flight), pickParent
 // (per_parent_pieces per parent; cdn_parallel_pieces from the CDN while
 // another peer parent has a non-empty bitmap; peers before the CDN, then
-// the least busy, the fewest failures, the fastest), handleResult (a 503
-// is FAILURE_NETWORK; three failures drop the parent, flush the reports
-// and send NeedParents with it as failed; the first verified copy of a
-// piece cancels the others), and finish (flush, Done). Upload servers
-// accept max_uploads (64) concurrent requests and answer 503 beyond.
+// the least busy, the fewest failures, the fastest; not a parent resting
+// after a 503), handleResult (a 503 rests that parent for
+// --retry-after-503, 1 s, and is neither reported nor counted; three real
+// failures drop the parent, flush the reports and send NeedParents with
+// it as failed; the first verified copy of a piece cancels the others),
+// and finish (flush, Done). As in the agent, a new ParentSet does not
+// carry a parent's rest over. Upload servers accept max_uploads (64)
+// concurrent requests and answer 503 beyond.
 //
 // Where the model differs from the agent:
 //
@@ -76,8 +80,10 @@
 //   - No faults: no corrupt pieces, no timeouts (piece, stall, task), no
 //     lost sessions, no back-to-source, no disk, CPU or hashing cost. The
 //     only failure is a 503 from a full upload server.
-//   - --retry-after-503 D models a proposed change, not today's agent: a
-//     503 leaves that parent alone for D and is not counted as a failure.
+//   - The agent's 250 ms tick runs schedule, so a rested parent is asked
+//     again within 250 ms of its rest ending; the model does at once.
+//   - --retry-after-503 0 models the agent before 1bee27a: a 503 was a
+//     network failure (reported, three of them drop the parent).
 //
 // Hosts are connected before the pull starts, and all start at t=0 unless
 // --start-spread is set; the order of simultaneous starts and the host

@@ -33,9 +33,13 @@ func run(args []string, stdout io.Writer) error {
 		snCap      = fs.Float64("supernode-cap-mbit", -1, "the supernode's (CDN's) cap, Mbit/s (-1: the origin cap; 0: none)")
 		rtt        = fs.Duration("rtt", def.RTT, "round-trip time between any two hosts")
 		spread     = fs.Duration("start-spread", 0, "hosts start at uniform random times in [0, spread)")
-		maxWall    = fs.Duration("max-wall", 15*time.Minute, "stop a run after this much real time (0: none) and report what was measured (today's agent at N=10000 needs hours: the 503 storm)")
+		maxWall    = fs.Duration("max-wall", 15*time.Minute, "stop a run after this much real time (0: none) and report what was measured")
 		wLoad      = fs.Float64("w-load", def.Scheduler.Weights.Load, "scheduler weights.load")
 		wUseful    = fs.Float64("w-useful", def.Scheduler.Weights.Useful, "scheduler weights.useful")
+		wSticky    = fs.Float64("w-sticky", def.Scheduler.Weights.Sticky, "scheduler weights.sticky")
+		cdnGrants  = fs.Int("cdn-grants", def.Scheduler.CDNGrants, "scheduler cdn_grants")
+		cdnFresh   = fs.Duration("cdn-freshness", def.Scheduler.CDNFreshness, "scheduler cdn_freshness")
+		candSample = fs.Int("candidate-sample", def.Scheduler.CandidateSample, "scheduler candidate_sample (0: every peer)")
 		maxTime    = fs.Duration("max-time", 0, "simulated time bound (0: 20 × the limit + 2m)")
 		burst      = fs.Duration("burst", 0, "token-bucket burst of the host caps, in seconds of cap (the agents' limiters have 1s; 0: strict caps)")
 		model      = fs.String("model", def.Model, "fluid model: maxmin (local max-min fair) or share (min of the two ends' equal shares)")
@@ -48,7 +52,7 @@ func run(args []string, stdout io.Writer) error {
 		cdnPar     = fs.Int("cdn-parallel-pieces", def.CDNParallelPieces, "agent cdn_parallel_pieces")
 		maxParents = fs.Int("max-parents", def.Scheduler.MaxParents, "scheduler max_parents")
 		fanout     = fs.Int("cdn-fanout", def.Scheduler.CDNFanout, "scheduler cdn_fanout")
-		retry503   = fs.Duration("retry-after-503", 0, "PROPOSED agent change: leave a parent that answered 503 alone for this long instead of counting a failure (0: today's agent)")
+		retry503   = fs.Duration("retry-after-503", def.RetryAfter503, "the agent rests a parent that answered 503 this long, without counting a failure (today's agent: 1s; 0: the agent before 1bee27a, where a 503 was a network failure)")
 		cdnMaxUp   = fs.Int("cdn-max-uploads", def.CDNMaxUploads, "supernode upload_max_concurrent")
 		peerMaxUp  = fs.Int("max-uploads", def.MaxUploads, "agent max_uploads")
 		cpuProf    = fs.String("cpuprofile", "", "write a CPU profile of the simulator")
@@ -90,7 +94,8 @@ func run(args []string, stdout io.Writer) error {
 		cfg.SupernodeCap = *snCap * 125000
 	}
 	cfg.RTT, cfg.StartSpread, cfg.MaxTime, cfg.MaxWall, cfg.Seed = *rtt, *spread, *maxTime, *maxWall, *seed
-	cfg.Scheduler.Weights.Load, cfg.Scheduler.Weights.Useful = *wLoad, *wUseful
+	cfg.Scheduler.Weights.Load, cfg.Scheduler.Weights.Useful, cfg.Scheduler.Weights.Sticky = *wLoad, *wUseful, *wSticky
+	cfg.Scheduler.CDNGrants, cfg.Scheduler.CDNFreshness, cfg.Scheduler.CandidateSample = *cdnGrants, *cdnFresh, *candSample
 	cfg.MeasuredCost = *cost == "measured"
 	cfg.Model = *model
 	cfg.Burst = *burst
@@ -332,8 +337,8 @@ func printTable(w io.Writer, outs []Output) {
 func variant(c Config) string {
 	def := DefaultConfig()
 	var v []string
-	if c.RetryAfter503 > 0 {
-		v = append(v, fmt.Sprintf("agent retry-after-503 %s (proposed)", c.RetryAfter503))
+	if c.RetryAfter503 != def.RetryAfter503 {
+		v = append(v, fmt.Sprintf("agent retry-after-503 %s", c.RetryAfter503))
 	}
 	if c.Scheduler.Weights != def.Scheduler.Weights {
 		v = append(v, fmt.Sprintf("weights %+v", c.Scheduler.Weights))
@@ -343,6 +348,15 @@ func variant(c Config) string {
 	}
 	if c.Scheduler.CDNFanout != def.Scheduler.CDNFanout {
 		v = append(v, fmt.Sprintf("cdn_fanout %d", c.Scheduler.CDNFanout))
+	}
+	if c.Scheduler.CDNGrants != def.Scheduler.CDNGrants {
+		v = append(v, fmt.Sprintf("cdn_grants %d", c.Scheduler.CDNGrants))
+	}
+	if c.Scheduler.CDNFreshness != def.Scheduler.CDNFreshness {
+		v = append(v, fmt.Sprintf("cdn_freshness %s", c.Scheduler.CDNFreshness))
+	}
+	if c.Scheduler.CandidateSample != def.Scheduler.CandidateSample {
+		v = append(v, fmt.Sprintf("candidate_sample %d", c.Scheduler.CandidateSample))
 	}
 	if c.MaxParallelPieces != def.MaxParallelPieces || c.PerParentPieces != def.PerParentPieces || c.CDNParallelPieces != def.CDNParallelPieces {
 		v = append(v, fmt.Sprintf("pieces parallel/per-parent/cdn %d/%d/%d", c.MaxParallelPieces, c.PerParentPieces, c.CDNParallelPieces))

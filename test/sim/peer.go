@@ -26,9 +26,8 @@ type parentState struct {
 	fails    int
 	bytes    int64
 	busy     int64 // ns
-	// retryAt: with Config.RetryAfter503, a parent that answered 503 is
-	// not asked again before this time (a proposed change, not the agent's
-	// behaviour today).
+	// retryAt: with Config.RetryAfter503 (the agent's busyUntil), a
+	// parent that answered 503 is not asked again before this time.
 	retryAt int64
 	inSet   bool // in the last ParentSet (not only kept for its in-flight pieces)
 }
@@ -54,6 +53,7 @@ type host struct {
 	rng  *rand.Rand
 
 	start, doneAt int64
+	refreshTicks  int
 	started       bool
 	registered    bool
 	metaOK        bool
@@ -97,16 +97,38 @@ func (s *Sim) startTask(h *host) {
 	s.q.push(event{at: s.now + int64(time.Second), kind: evRefresh, h: h.idx})
 }
 
-// refresh is tick(refresh=true): NeedParents once a second while
-// downloading.
+// refresh is the agent's once-a-second refresh tick: NeedParents while
+// the task is starved (starved), else only every fifth second.
 func (s *Sim) refresh(h *host) {
 	if h.done {
 		return
 	}
-	id := h.id
-	np := &schedulerv1.NeedParents{TaskId: s.taskID}
-	s.toSched(callNeedParents, func(sc *scheduler.Scheduler) { sc.NeedParents(id, np) })
+	h.refreshTicks++
+	if h.refreshTicks%5 == 0 || s.starved(h) {
+		id := h.id
+		np := &schedulerv1.NeedParents{TaskId: s.taskID}
+		s.toSched(callNeedParents, func(sc *scheduler.Scheduler) { sc.NeedParents(id, np) })
+	}
 	s.q.push(event{at: s.now + int64(time.Second), kind: evRefresh, h: h.idx})
+}
+
+// starved mirrors task.starved: fewer than two parents, or none holding a
+// missing piece that is not already in flight.
+func (s *Sim) starved(h *host) bool {
+	if len(h.parents) < 2 {
+		return true
+	}
+	for n := 0; n < h.count; n++ {
+		if h.have.Has(n) || len(h.inflight[n]) > 0 {
+			continue
+		}
+		for _, ps := range h.parents {
+			if ps.bitmap.Has(n) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // armReport makes the report ticker (period ReportInterval from the task's
@@ -248,7 +270,9 @@ func (s *Sim) handleParents(h *host, ps *schedulerv1.ParentSet) {
 		st := &parentState{id: p.HostId, cdn: p.Cdn, bitmap: piece.Bitmap(append([]byte(nil), p.Bitmap...)), inSet: true}
 		st.node = s.nodeOf(p.HostId)
 		if old != nil {
-			st.inflight, st.fails, st.bytes, st.busy, st.retryAt = old.inflight, old.fails, old.bytes, old.busy, old.retryAt
+			// As the agent: busyUntil (retryAt) is not carried over to the
+			// new ParentSet's entry.
+			st.inflight, st.fails, st.bytes, st.busy = old.inflight, old.fails, old.bytes, old.busy
 			for i, b := range old.bitmap {
 				if i < len(st.bitmap) {
 					st.bitmap[i] |= b
@@ -511,6 +535,10 @@ func (s *Sim) result(x *xfer) {
 		h.nInflightPieces--
 	}
 	cost := s.now - x.start
+	if !x.refused {
+		s.stats.costSum += cost
+		s.stats.costN++
+	}
 	s.tracef("%s got %d from %s refused=%v cost=%.3f", h.id, x.piece, x.parentID, x.refused, float64(cost)/1e9)
 	res := &schedulerv1.PieceResult{Piece: uint32(x.piece), ParentId: x.parentID, Bytes: uint64(x.size), CostMs: uint32(cost / int64(time.Millisecond))}
 	if !x.refused {
@@ -539,15 +567,21 @@ func (s *Sim) result(x *xfer) {
 		return
 	}
 	h.failed++
+	if s.cfg.RetryAfter503 > 0 {
+		// The agent (piece.ErrBusy): a healthy parent at its upload limit
+		// is rested, not reported and not counted as a failure.
+		if ps != nil {
+			ps.retryAt = s.now + int64(s.cfg.RetryAfter503)
+			s.q.push(event{at: ps.retryAt, kind: evRetry, h: h.idx})
+		}
+		s.epilogue(h)
+		return
+	}
+	// The agent before 1bee27a: a 503 was a network failure.
 	res.Failure = schedulerv1.Failure_FAILURE_NETWORK
 	h.reports = append(h.reports, res)
 	s.armReport(h)
-	if ps != nil && s.cfg.RetryAfter503 > 0 {
-		// Proposed: a 503 is "busy, come back later" (the server sends
-		// Retry-After: 1), not a failure of the parent.
-		ps.retryAt = s.now + int64(s.cfg.RetryAfter503)
-		s.q.push(event{at: ps.retryAt, kind: evRetry, h: h.idx})
-	} else if ps != nil {
+	if ps != nil {
 		ps.fails++
 		if ps.fails >= 3 {
 			h.dropped++

@@ -63,9 +63,10 @@ type Config struct {
 	MaxParallelPieces, PerParentPieces, CDNParallelPieces, MaxUploads int
 	// CDNMaxUploads is the supernode's upload_max_concurrent.
 	CDNMaxUploads int
-	// RetryAfter503, if positive, models a proposed agent change: a parent
-	// answering 503 is left alone for this long instead of counting as a
-	// failure (three of which drop it and ask for new parents at once).
+	// RetryAfter503 is how long the agent rests a parent that answered
+	// 503 (today's agent: 1 s, neither reported nor counted as a failure).
+	// 0 models the agent before that change: a 503 was a network failure,
+	// three of which dropped the parent and asked for new parents at once.
 	RetryAfter503 time.Duration
 	// Scheduler is the scheduler's configuration.
 	Scheduler scheduler.Config
@@ -81,6 +82,7 @@ func DefaultConfig() Config {
 		MaxParallelPieces: pc.MaxParallelPieces, PerParentPieces: pc.PerParentPieces,
 		CDNParallelPieces: pc.CDNParallelPieces, MaxUploads: pc.MaxUploads,
 		CDNMaxUploads: 256, // supernode.DefaultNodeConfig().UploadMaxConcurrent
+		RetryAfter503: time.Second,
 		Scheduler:     scheduler.DefaultConfig(),
 	}
 }
@@ -164,6 +166,7 @@ type stats struct {
 	events         int64
 	seedDoneAt     int64
 	waitSum        int64 // scheduler queueing (measured cost), ns
+	costSum, costN int64 // piece download times since the last timeline line
 	waitMax        int64
 
 	// sampler sums
@@ -232,6 +235,7 @@ func (s *Sim) sample() {
 			float64(s.now)/1e9, nDown, 100*float64(held)/float64(len(s.hosts)*s.count), down/float64(nDown), up/float64(len(s.hosts)),
 			idle/float64(len(s.hosts)), starved/float64(nDown), children[s.cdnNode], slices.Max(children[2:]), maxUp,
 			len(s.net.nodes[s.cdnNode].ups), s.net.nodes[s.cdnNode].slots)
+		s.timelineDetail(nDown)
 	}
 	st.samples++
 	st.downUtil += down / float64(nDown)
@@ -249,6 +253,71 @@ func (s *Sim) sample() {
 	}
 	st.maxUploads = max(st.maxUploads, maxUp)
 	s.childScratch = children[:0]
+}
+
+// timelineDetail prints, under a timeline line, what limits the swarm at
+// this instant: the mean time of the pieces finished since the last line,
+// the CDN's uplink use, the share of busy uplinks and of downloading
+// hosts' downlinks at their cap, pieces in flight per downloading host,
+// and how many of a downloading host's missing pieces its parents hold
+// against how many any host holds (the overlay's reach).
+func (s *Sim) timelineDetail(nDown int) {
+	rate := func(xs []*xfer) float64 {
+		var r float64
+		for _, x := range xs {
+			r += x.rate
+		}
+		return r
+	}
+	var any piece.Bitmap
+	for _, h := range s.hosts {
+		for i, b := range h.have {
+			for len(any) <= i {
+				any = append(any, 0)
+			}
+			any[i] |= b
+		}
+	}
+	var upBusy, upSat, downSat, inflight, byParents, byAny float64
+	for _, h := range s.hosts {
+		nd := &s.net.nodes[h.node]
+		if len(nd.ups) > 0 {
+			upBusy++
+			if rate(nd.ups) > 0.95*nd.up {
+				upSat++
+			}
+		}
+		if !h.started || h.done {
+			continue
+		}
+		if rate(nd.downs) > 0.95*nd.down {
+			downSat++
+		}
+		inflight += float64(h.nInflight)
+		var u piece.Bitmap
+		for _, ps := range h.parents {
+			if !ps.inSet {
+				continue
+			}
+			for i, b := range ps.bitmap {
+				for len(u) <= i {
+					u = append(u, 0)
+				}
+				u[i] |= b
+			}
+		}
+		byParents += float64(u.CountMissingFrom(h.have))
+		byAny += float64(any.CountMissingFrom(h.have))
+	}
+	pt := 0.0
+	if s.stats.costN > 0 {
+		pt = float64(s.stats.costSum) / float64(s.stats.costN) / 1e9
+	}
+	s.stats.costSum, s.stats.costN = 0, 0
+	cdn := &s.net.nodes[s.cdnNode]
+	d := float64(max(nDown, 1))
+	fmt.Fprintf(s.timeline, "         piece time %.2fs, cdn up %.2f, saturated: up %.2f of busy, down %.2f; in flight %.1f; missing held by parents %.1f, by anyone %.1f\n",
+		pt, rate(cdn.ups)/cdn.up, upSat/max(upBusy, 1), downSat/d, inflight/d, byParents/d, byAny/d)
 }
 
 func (s *Sim) isCDN(n int32) bool { return n == s.cdnNode }

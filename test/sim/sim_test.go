@@ -78,6 +78,37 @@ func TestSmallCaseRespectsPhysics(t *testing.T) {
 	}
 }
 
+// TestSwarmBounds: 200 hosts pull 16 MiB through the real scheduler. The
+// CDN stays within the super-seeding budget (cdn_fanout copies, a little
+// more for stalled grants) instead of growing with the swarm, the origin
+// sends the blob once, everyone finishes, and the decisions stay cheap
+// enough to count (sampled candidates).
+func TestSwarmBounds(t *testing.T) {
+	c := smallCase()
+	c.Hosts = 200
+	c.Size = 16 << 20
+	s, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := s.Run()
+	if r.Failed != 0 || r.Unexpected != 0 {
+		t.Fatalf("%d hosts failed, %d unexpected packets", r.Failed, r.Unexpected)
+	}
+	size := float64(c.Size)
+	if x := r.CDNEgress / size; x > float64(c.Scheduler.CDNFanout)+0.5 {
+		t.Errorf("CDN sent %.2f× the blob, want about cdn_fanout (%d×) at most", x, c.Scheduler.CDNFanout)
+	}
+	if r.OriginEgress != size {
+		t.Errorf("origin sent %.0f bytes, want the blob once", r.OriginEgress)
+	}
+	if limit := size / c.HostCap; r.Times[0] < limit {
+		t.Errorf("fastest host %.3fs, below size/cap %.3fs", r.Times[0], limit)
+	}
+	t.Logf("p50 %.2fs max %.2fs (limit %.2fs), CDN %.2f×, %d decisions",
+		report.Percentile(r.Times, 50), r.Times[len(r.Times)-1], size/c.HostCap, r.CDNEgress/size, r.Decisions)
+}
+
 // TestSingleHostAtLinkSpeed: one host, fed by a CDN faster than itself,
 // finishes within a few RTTs and report intervals of size / cap.
 func TestSingleHostAtLinkSpeed(t *testing.T) {
