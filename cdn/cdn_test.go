@@ -82,10 +82,11 @@ func TestSingleFetchUnderConcurrency(t *testing.T) {
 // rest of the body.
 func TestStreaming(t *testing.T) {
 	blob := randBlob(2, 3*mib)
+	ps := int(piece.SizeFor(int64(len(blob))))
 	release := make(chan struct{})
 	o := newOrigin(t, "", func(w http.ResponseWriter, r *http.Request, _ int) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
-		w.Write(blob[:mib])
+		w.Write(blob[:ps])
 		w.(http.Flusher).Flush()
 		select {
 		case <-release:
@@ -93,7 +94,7 @@ func TestStreaming(t *testing.T) {
 			return
 		case <-time.After(10 * time.Second):
 		}
-		w.Write(blob[mib:])
+		w.Write(blob[ps:])
 	})
 	cfg := testConfig()
 	cfg.StallTimeout = 10 * time.Second
@@ -104,7 +105,7 @@ func TestStreaming(t *testing.T) {
 	if evs := h.rep.of(task); len(evs) != 2 {
 		t.Fatalf("before release: events %v, want meta, piece0", kinds(evs))
 	}
-	if o.bytes.Load() != mib {
+	if o.bytes.Load() != int64(ps) {
 		t.Fatalf("origin sent %d bytes before release", o.bytes.Load())
 	}
 	// Piece 0 is readable from the store already.
@@ -180,7 +181,8 @@ func TestResumeAfterReset(t *testing.T) {
 	if n := o.requests.Load(); n != 2 {
 		t.Fatalf("origin got %d requests, want 2", n)
 	}
-	wantRange := "bytes=" + strconv.Itoa(cut/mib*mib) + "-"
+	ps := int(piece.SizeFor(int64(len(blob))))
+	wantRange := "bytes=" + strconv.Itoa(cut/ps*ps) + "-" // from the first piece not stored
 	if got := o.header(1).Get("Range"); got != wantRange {
 		t.Fatalf("resume Range %q, want %q", got, wantRange)
 	}
@@ -235,7 +237,8 @@ func TestStallTimeout(t *testing.T) {
 	h.seed(task, o.URL)
 	h.rep.waitEnd(task, 1)
 	checkSeed(t, h.rep.of(task), blob, true)
-	if got := o.header(1).Get("Range"); got != "bytes="+strconv.Itoa(mib)+"-" {
+	ps := int(piece.SizeFor(int64(len(blob))))
+	if got := o.header(1).Get("Range"); got != "bytes="+strconv.Itoa((mib+mib/2)/ps*ps)+"-" {
 		t.Fatalf("resume Range %q", got)
 	}
 }
@@ -445,7 +448,8 @@ func TestRangeResume(t *testing.T) {
 	h.cdn.Seed(context.Background(), Request{TaskID: task, URL: o.URL, Range: "bytes=10-" + strconv.Itoa(10+3*mib-1)})
 	h.rep.waitEnd(task, 1)
 	checkSeed(t, h.rep.of(task), part, true)
-	want := "bytes=" + strconv.Itoa(10+mib) + "-" + strconv.Itoa(10+3*mib-1)
+	ps := int(piece.SizeFor(int64(len(part))))
+	want := "bytes=" + strconv.Itoa(10+(mib+mib/2)/ps*ps) + "-" + strconv.Itoa(10+3*mib-1)
 	if got := o.header(1).Get("Range"); got != want {
 		t.Fatalf("resume Range %q, want %q", got, want)
 	}

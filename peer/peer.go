@@ -39,6 +39,7 @@ type Peer struct {
 	store   piece.Store
 	log     *slog.Logger
 	metrics *metrics
+	tokens  tasktoken.Cache // verified piece-request tokens
 	hostID  string
 	ip      string
 
@@ -261,7 +262,7 @@ func (p *Peer) reportInterval() time.Duration {
 }
 
 func (p *Peer) authorize(r *http.Request, task string) (string, error) {
-	return tasktoken.Verify(p.sess.Key(), r.Header.Get(piece.TokenHeader), task, time.Now())
+	return p.tokens.Verify(p.sess.Key(), r.Header.Get(piece.TokenHeader), task, time.Now())
 }
 
 func (p *Peer) fetchPiece(ctx context.Context, addr, task string, n int, token string) (io.ReadCloser, int64, error) {

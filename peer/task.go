@@ -556,7 +556,7 @@ func (t *task) handleParents(ps *schedulerv1.ParentSet) {
 		old := t.parents[p.HostId]
 		st := &parentState{id: p.HostId, addr: p.Addr, cdn: p.Cdn, bitmap: piece.Bitmap(append([]byte(nil), p.Bitmap...))}
 		if old != nil {
-			st.inflight, st.fails, st.bytes, st.busy = old.inflight, old.fails, old.bytes, old.busy
+			st.inflight, st.fails, st.bytes, st.busy, st.busyUntil = old.inflight, old.fails, old.bytes, old.busy, old.busyUntil
 			// Hosts only gain pieces (a lost one shows as NOT_FOUND and is
 			// cleared then): keep what we heard in PieceAvailable since.
 			for i, b := range old.bitmap {

@@ -15,8 +15,12 @@ import (
 )
 
 const (
-	// MinSize is the smallest piece size the policy picks.
-	MinSize = 1 << 20
+	// MinSize is the smallest piece size the policy picks. Small pieces
+	// let a fresh piece hop from host to host quickly while a swarm ramps
+	// up (each hop is store-and-forward): in the simulator, 256 KiB instead
+	// of 1 MiB pieces for a 64 MiB blob took N=32 hosts from 1.21× to
+	// 1.07× the physical limit (p50) and N=1000 from 1.52× to 1.18×.
+	MinSize = 256 << 10
 	// MaxSize is the largest piece size the policy picks (and accepts).
 	MaxSize = 16 << 20
 	// DefaultSize is used when the content length is unknown.

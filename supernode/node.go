@@ -291,9 +291,10 @@ func NewNode(cfg NodeConfig, opts NodeOptions) (n *Node, err error) {
 		Help: "Piece bytes the supernode's CDN served to hosts.",
 	})
 	pub := signer.Public()
+	tokens := new(tasktoken.Cache)
 	h := piece.NewHandler(n.store, piece.ServerOptions{
 		Authorize: func(r *http.Request, task string) (string, error) {
-			return tasktoken.Verify(pub, r.Header.Get(piece.TokenHeader), task, clk.Now())
+			return tokens.Verify(pub, r.Header.Get(piece.TokenHeader), task, clk.Now())
 		},
 		MaxConcurrent: cfg.UploadMaxConcurrent,
 		OnServed: func(task string, _ int, b int64, _ string) {

@@ -270,9 +270,9 @@ func (s *Sim) handleParents(h *host, ps *schedulerv1.ParentSet) {
 		st := &parentState{id: p.HostId, cdn: p.Cdn, bitmap: piece.Bitmap(append([]byte(nil), p.Bitmap...)), inSet: true}
 		st.node = s.nodeOf(p.HostId)
 		if old != nil {
-			// As the agent: busyUntil (retryAt) is not carried over to the
-			// new ParentSet's entry.
-			st.inflight, st.fails, st.bytes, st.busy = old.inflight, old.fails, old.bytes, old.busy
+			// As the agent: the rest of a parent that answered 503
+			// (busyUntil, here retryAt) carries over to the new entry.
+			st.inflight, st.fails, st.bytes, st.busy, st.retryAt = old.inflight, old.fails, old.bytes, old.busy, old.retryAt
 			for i, b := range old.bitmap {
 				if i < len(st.bitmap) {
 					st.bitmap[i] |= b
