@@ -28,7 +28,7 @@ proto:
 ## deps: system packages the tests need (root; no-op when present)
 deps:
 	@./test/deps.sh ctr:containerd containerd:containerd skopeo:skopeo ip:iproute2 tc:iproute2 runc:runc chromium:chromium \
-	  lxcfs:lxcfs mkfs.ext4:e2fsprogs busybox:busybox-static unshare:util-linux fusermount3:fuse3
+	  lxcfs:lxcfs mkfs.ext4:e2fsprogs busybox:busybox-static unshare:util-linux fusermount3:fuse3 free:procps
 
 ## test: everything CI runs
 test: deps

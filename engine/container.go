@@ -62,15 +62,38 @@ type container struct {
 	// Live state (not persisted).
 	run      *runState     // the current run (nil when not running)
 	exited   chan struct{} // closed and replaced at every exit
+	running  chan struct{} // closed when a run begins, replaced at its exit
 	removed  chan struct{} // closed when the container is removed
 	subs     subscribers   // attached clients waiting for output
 	starting bool
 	removing bool
 	restartT *time.Timer
+	// ttySize is a TTY size (width, height) asked for while the container
+	// was not running: the next start applies it before the process runs.
+	ttySize *[2]uint32
+	// rootfsReleased is closed when the last run's rootfs hold is gone
+	// (nil: nothing to wait for); the next start waits for it.
+	rootfsReleased chan struct{}
 }
 
 func newContainer(dir string, m containerMeta) *container {
-	return &container{dir: dir, containerMeta: m, exited: make(chan struct{}), removed: make(chan struct{})}
+	return &container{dir: dir, containerMeta: m, exited: make(chan struct{}), removed: make(chan struct{}), running: make(chan struct{})}
+}
+
+// setRunLocked records the current run (nil: none) and wakes those
+// waiting for one to begin. c.mu is held.
+func (c *container) setRunLocked(r *runState) {
+	c.run = r
+	select {
+	case <-c.running:
+		if r == nil {
+			c.running = make(chan struct{})
+		}
+	default:
+		if r != nil {
+			close(c.running)
+		}
+	}
 }
 
 // status is Docker's State string.

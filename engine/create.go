@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/opencontainers/image-spec/identity"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -177,6 +178,7 @@ func (e *Engine) Create(ctx context.Context, name string, req api.ContainerCreat
 	if req.HostConfig != nil {
 		hc = *req.HostConfig
 	}
+	began := time.Now()
 	// --- Validation: nothing is created before it passes.
 	if cfg.Image == "" {
 		return resp, fmt.Errorf("no image given: %w", errdefs.ErrInvalid)
@@ -309,17 +311,22 @@ func (e *Engine) Create(ctx context.Context, name string, req api.ContainerCreat
 		return resp, err
 	}
 	defer done(context.WithoutCancel(lctx))
-	if ok, _ := img.IsUnpacked(lctx, e.cfg.Snapshotter); !ok {
-		if err = img.Unpack(lctx, e.cfg.Snapshotter); err != nil {
-			return resp, fmt.Errorf("unpack %s: %w", cfg.Image, err)
-		}
-	}
 	diffIDs, err := img.RootFS(lctx)
 	if err != nil {
 		return resp, err
 	}
 	sn := e.client.SnapshotService(e.cfg.Snapshotter)
-	mounts, err := sn.Prepare(lctx, id, identity.ChainID(diffIDs).String())
+	parent := identity.ChainID(diffIDs).String()
+	mounts, err := sn.Prepare(lctx, id, parent)
+	if cerrdefs.IsNotFound(err) {
+		// The image's layers are not (or no longer) unpacked: unpack them
+		// and prepare again. (Preparing first spares the common case a
+		// walk over every layer's snapshot.)
+		if err = img.Unpack(lctx, e.cfg.Snapshotter); err != nil {
+			return resp, fmt.Errorf("unpack %s: %w", cfg.Image, err)
+		}
+		mounts, err = sn.Prepare(lctx, id, parent)
+	}
 	if err != nil {
 		return resp, fmt.Errorf("prepare rootfs: %w", err)
 	}
@@ -415,6 +422,7 @@ func (e *Engine) Create(ctx context.Context, name string, req api.ContainerCreat
 	e.mu.Lock()
 	e.containers[id] = c
 	e.mu.Unlock()
+	e.metrics.createSeconds.Observe(time.Since(began).Seconds())
 	e.log.Info("container created", "id", short(id), "name", name, "image", ref, "runtime", hc.Runtime)
 	return api.ContainerCreateResponse{ID: id, Warnings: []string{}}, nil
 }
@@ -465,6 +473,10 @@ func (e *Engine) specOpts(ctx context.Context, img client.Image, m *containerMet
 	}
 	if cfg.Tty {
 		opts = append(opts, oci.WithTTY, oci.WithEnv([]string{"TERM=xterm"}))
+		if cs := hc.ConsoleSize; cs != nil && cs[0] > 0 && cs[1] > 0 {
+			// runc sizes the pseudo-terminal before the process runs.
+			opts = append(opts, oci.WithTTYSize(int(cs[1]), int(cs[0])))
+		}
 	}
 	if hc.Privileged {
 		opts = append(opts, oci.WithPrivileged, oci.WithAllDevicesAllowed, oci.WithHostDevices)

@@ -130,6 +130,10 @@ func (e *Engine) ExecStart(ctx context.Context, id string, detach bool, stdin io
 		p.User = u
 	}
 	p.ConsoleSize = nil
+	if cs := x.cfg.ConsoleSize; x.cfg.Tty && cs != nil && cs[0] > 0 && cs[1] > 0 {
+		// runc sizes the exec's pseudo-terminal before the process runs.
+		p.ConsoleSize = &specs.Box{Height: cs[0], Width: cs[1]}
+	}
 	fifos, err := cio.NewFIFOSetInDir(e.cfg.Home+"/exec", id, x.cfg.Tty)
 	if err != nil {
 		return err
@@ -233,19 +237,33 @@ func (e *Engine) ExecResize(ctx context.Context, id string, w, h uint32) error {
 	if p == nil {
 		return fmt.Errorf("exec %s is not running: %w", short(id), ErrConflict)
 	}
+	if w == 0 || h == 0 {
+		return fmt.Errorf("resize %dx%d: width and height must be positive: %w", w, h, errdefs.ErrInvalid)
+	}
 	return p.Resize(e.nsCtx(ctx), w, h)
 }
 
-// ResizeContainer sets a container's TTY size.
+// ResizeContainer sets a container's TTY size. For a TTY container that
+// is not running (created, or stopped) the size is kept for its next
+// start, which applies it before the process runs (pouch start -a).
 func (e *Engine) ResizeContainer(ctx context.Context, ref string, w, h uint32) error {
 	c, err := e.get(ref)
 	if err != nil {
 		return err
 	}
+	if w == 0 || h == 0 {
+		return fmt.Errorf("resize %dx%d: width and height must be positive: %w", w, h, errdefs.ErrInvalid)
+	}
 	c.mu.Lock()
-	run := c.run
+	run, tty := c.run, c.Config.Tty
+	if run == nil && tty {
+		c.ttySize = &[2]uint32{w, h}
+	}
 	c.mu.Unlock()
 	if run == nil {
+		if tty {
+			return nil
+		}
 		return fmt.Errorf("container %s is not running: %w", short(c.ID), ErrConflict)
 	}
 	return run.task.Resize(e.nsCtx(ctx), w, h)

@@ -14,7 +14,6 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
-	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
@@ -47,10 +46,6 @@ func familiar(ref string) string {
 	return reference.FamiliarString(r)
 }
 
-func (e *Engine) resolver() docker.ResolverOptions {
-	return docker.ResolverOptions{Hosts: config.ConfigureHosts(e.ctx, config.HostOptions{HostDir: config.HostDirFromRoot(e.certsDir)})}
-}
-
 type pullSub struct{ f func(api.JSONMessage) }
 
 // pullOp is one pull in progress; concurrent pulls of the same reference
@@ -81,23 +76,31 @@ func (p *pullOp) emit(m api.JSONMessage) {
 // (hosts.toml), unpacks it into the snapshotter, and reports progress to
 // progress (per layer: "Pulling fs layer", "Downloading" with bytes,
 // "Download complete", "Pull complete"; "Already exists" for layers held).
-// Concurrent pulls of one reference share the work. progress may be nil;
-// it is called from one goroutine at a time.
-func (e *Engine) Pull(ctx context.Context, name string, progress func(api.JSONMessage)) error {
+// Concurrent pulls of one reference with the same credentials share the
+// work. auth (nil: anonymous) is used for ref's registry only, for this
+// pull only. progress may be nil; it is called from one goroutine at a
+// time.
+func (e *Engine) Pull(ctx context.Context, name string, auth *api.AuthConfig, progress func(api.JSONMessage)) error {
 	ref, err := NormalizeRef(name)
 	if err != nil {
 		return err
 	}
+	registry, err := api.RegistryOf(ref)
+	if err != nil {
+		return err
+	}
+	auth = authFor(registry, auth)
+	key := ref + "\x00" + authKey(auth)
 	if progress == nil {
 		progress = func(api.JSONMessage) {}
 	}
 	var mu sync.Mutex
 	report := func(m api.JSONMessage) { mu.Lock(); progress(m); mu.Unlock() }
 	e.mu.Lock()
-	op, joined := e.pulls[ref]
+	op, joined := e.pulls[key]
 	if !joined {
 		op = &pullOp{done: make(chan struct{}), last: map[string]api.JSONMessage{}}
-		e.pulls[ref] = op
+		e.pulls[key] = op
 	}
 	op.mu.Lock()
 	for _, m := range op.msgs {
@@ -114,9 +117,9 @@ func (e *Engine) Pull(ctx context.Context, name string, progress func(api.JSONMe
 		e.bg.Add(1)
 		go func() {
 			defer e.bg.Done()
-			op.err = e.pull(e.ctx, ref, op.emit)
+			op.err = e.pull(e.ctx, ref, auth, op.emit)
 			e.mu.Lock()
-			delete(e.pulls, ref)
+			delete(e.pulls, key)
 			e.mu.Unlock()
 			close(op.done)
 		}()
@@ -138,7 +141,7 @@ func (e *Engine) Pull(ctx context.Context, name string, progress func(api.JSONMe
 	}
 }
 
-func (e *Engine) pull(ctx context.Context, ref string, emit func(api.JSONMessage)) error {
+func (e *Engine) pull(ctx context.Context, ref string, auth *api.AuthConfig, emit func(api.JSONMessage)) error {
 	ctx = e.nsCtx(ctx)
 	start := time.Now()
 	cs := e.client.ContentStore()
@@ -224,7 +227,7 @@ func (e *Engine) pull(ctx context.Context, ref string, emit func(api.JSONMessage
 	img, err := e.client.Pull(ctx, ref,
 		client.WithPullUnpack,
 		client.WithPullSnapshotter(e.cfg.Snapshotter),
-		client.WithResolver(docker.NewResolver(e.resolver())),
+		client.WithResolver(docker.NewResolver(e.pullResolver(ctx, auth))),
 		client.WithImageHandler(handler),
 		client.WithMaxConcurrentDownloads(4),
 	)
@@ -232,8 +235,8 @@ func (e *Engine) pull(ctx context.Context, ref string, emit func(api.JSONMessage
 	<-polled
 	if err != nil {
 		e.metrics.pulls.WithLabelValues("error").Inc()
-		e.log.Warn("pull failed", "ref", ref, "err", err)
-		return classifyPullError(ref, err)
+		e.log.Warn("pull failed", "ref", ref, "credentials", auth != nil, "err", err)
+		return classifyPullError(ref, auth != nil, err)
 	}
 	e.metrics.pulls.WithLabelValues("ok").Inc()
 	e.metrics.pullSeconds.Observe(time.Since(start).Seconds())
@@ -255,14 +258,23 @@ func (e *Engine) pull(ctx context.Context, ref string, emit func(api.JSONMessage
 }
 
 // classifyPullError gives pull failures a class and a message users can
-// act on.
-func classifyPullError(ref string, err error) error {
+// act on (withAuth: the pull had credentials).
+func classifyPullError(ref string, withAuth bool, err error) error {
 	msg := err.Error()
+	registry, _ := api.RegistryOf(ref)
+	denied := false
+	for _, s := range []string{"401", "403", "unauthorized", "access denied", "authorization failed", "insufficient_scope"} {
+		denied = denied || strings.Contains(msg, s)
+	}
 	switch {
+	case denied && withAuth:
+		return fmt.Errorf("pull %s: access denied: %s refused the credentials for this repository (wrong username or password? pouch login %s): %v: %w",
+			familiar(ref), registry, registry, err, errdefs.ErrForbidden)
+	case denied:
+		return fmt.Errorf("pull %s: access denied: the repository does not exist or %s requires credentials (pouch login %s): %v: %w",
+			familiar(ref), registry, registry, err, errdefs.ErrForbidden)
 	case cerrdefs.IsNotFound(err) || strings.Contains(msg, "not found"):
 		return fmt.Errorf("pull %s: image not found in the registry (or through the agent's mirror): %v: %w", familiar(ref), err, errdefs.ErrNotFound)
-	case strings.Contains(msg, "401") || strings.Contains(msg, "403") || strings.Contains(msg, "unauthorized"):
-		return fmt.Errorf("pull %s: access denied: %v: %w", familiar(ref), err, errdefs.ErrForbidden)
 	case errors.Is(err, context.Canceled):
 		return err
 	}

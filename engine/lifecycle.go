@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,7 +31,13 @@ type runState struct {
 	exitCh   <-chan client.ExitStatus
 	pid      int
 	started  time.Time
+	// rootfs is a detached clone of the rootfs mount (see holdRootfs),
+	// -1 when none; takeRootfs hands it over once.
+	rootfs atomic.Int64
 }
+
+// takeRootfs returns the rootfs hold (or -1), leaving none.
+func (r *runState) takeRootfs() int { return int(r.rootfs.Swap(-1)) }
 
 // StartContainer answers POST /containers/{id}/start.
 func (e *Engine) StartContainer(ctx context.Context, ref string) error {
@@ -91,6 +98,17 @@ func (e *Engine) startRun(ctx context.Context, c *container) (err error) {
 		}
 		_, _ = t.Delete(nctx, client.WithProcessKill)
 	}
+	c.mu.Lock()
+	released := c.rootfsReleased
+	c.mu.Unlock()
+	if released != nil {
+		// The previous run's overlay is still shutting down (rootfs.go).
+		select {
+		case <-released:
+		case <-ctx.Done():
+			return e.startFailed(c, ctx.Err())
+		}
+	}
 	if c.Config.Rich {
 		richPrepare(c)
 	}
@@ -128,18 +146,30 @@ func (e *Engine) startRun(ctx context.Context, c *container) (err error) {
 		cleanupIO()
 		return e.startFailed(c, err)
 	}
+	c.mu.Lock()
+	size := c.ttySize
+	c.ttySize = nil
+	c.mu.Unlock()
+	if size != nil && c.Config.Tty {
+		// The pseudo-terminal exists once the task is created: size it
+		// before the process runs.
+		if err := task.Resize(nctx, size[0], size[1]); err != nil {
+			e.log.Warn("tty size before start", "id", short(c.ID), "err", err)
+		}
+	}
 	if err := task.Start(nctx); err != nil {
 		_, _ = task.Delete(context.WithoutCancel(nctx), client.WithProcessKill)
 		cleanupIO()
 		return e.startFailed(c, err)
 	}
 	run := &runState{task: task, dio: dio, copyDone: copyDone, exitCh: exitCh, pid: int(task.Pid()), started: time.Now()}
+	run.rootfs.Store(int64(e.holdRootfs(c)))
 	if dio.Stdin != nil {
 		run.stdin = dio.Stdin
 	}
 	c.mu.Lock()
 	exited := c.exited
-	c.run = run
+	c.setRunLocked(run)
 	c.State.Running, c.State.Restarting, c.State.Dead = true, false, false
 	c.State.Pid, c.State.ExitCode, c.State.Error, c.State.OOMKilled = run.pid, 0, "", false
 	c.State.StartedAt = time.Now().UTC()
@@ -224,6 +254,7 @@ func (e *Engine) monitor(c *container, run *runState) {
 			}
 		}
 	}
+	seen := time.Now()
 	code := int(st.ExitCode())
 	e.metrics.exits.Inc()
 	e.log.Debug("task exit seen", "id", short(c.ID), "code", code, "exit_time", st.ExitTime())
@@ -242,9 +273,12 @@ func (e *Engine) monitor(c *container, run *runState) {
 	if _, err := run.task.Delete(dctx); err != nil && !cerrdefs.IsNotFound(err) {
 		_, _ = run.task.Delete(dctx, client.WithProcessKill)
 	}
+	// The shim unmounted the rootfs; the overlay (and its sync) goes now.
+	released := e.releaseRootfs(run.takeRootfs())
 	e.ext.postStop(context.Background(), c)
 	c.mu.Lock()
-	c.run = nil
+	c.setRunLocked(nil)
+	c.rootfsReleased = released
 	c.State.Running, c.State.Pid, c.State.ExitCode = false, 0, code
 	c.State.FinishedAt = st.ExitTime().UTC()
 	if c.State.FinishedAt.IsZero() || c.State.FinishedAt.Year() < 2000 {
@@ -260,6 +294,7 @@ func (e *Engine) monitor(c *container, run *runState) {
 	c.exited = make(chan struct{})
 	autoRemove := c.HostConfig.AutoRemove && !c.removing
 	c.mu.Unlock()
+	e.metrics.exitSeconds.Observe(time.Since(seen).Seconds())
 	e.log.Info("container exited", "id", short(c.ID), "code", code, "restart", restart)
 	switch {
 	case autoRemove:
@@ -636,6 +671,9 @@ func (c *container) detach() {
 	if run != nil {
 		run.dio.Cancel()
 		_ = run.dio.Close()
+		if fd := run.takeRootfs(); fd >= 0 {
+			_ = unix.Close(fd) // still mounted by the shim: no sync
+		}
 	}
 }
 
@@ -781,11 +819,12 @@ func (e *Engine) reattach(nctx context.Context, c *container) (running, exited b
 		return false, false, 0
 	}
 	run := &runState{task: task, dio: dio, copyDone: copyDone, exitCh: exitCh, pid: int(task.Pid()), started: time.Now()}
+	run.rootfs.Store(int64(e.holdRootfs(c)))
 	if dio.Stdin != nil {
 		run.stdin = dio.Stdin
 	}
 	c.mu.Lock()
-	c.run = run
+	c.setRunLocked(run)
 	c.State.Running, c.State.Pid, c.State.Restarting = true, run.pid, false
 	_ = c.saveLocked()
 	c.mu.Unlock()

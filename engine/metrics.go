@@ -11,6 +11,8 @@ type metrics struct {
 	pulls                   *prometheus.CounterVec
 	pullSeconds             prometheus.Histogram
 	startSeconds            prometheus.Histogram
+	createSeconds           prometheus.Histogram
+	exitSeconds             prometheus.Histogram
 }
 
 func newMetrics() *metrics {
@@ -27,6 +29,10 @@ func newMetrics() *metrics {
 			Help: "Duration of successful pulls (through the agent's mirror).", Buckets: prometheus.ExponentialBuckets(0.05, 2, 14)}),
 		startSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "pouchfly", Subsystem: "engine", Name: "start_seconds",
 			Help: "Time to create and start a container's task.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 12)}),
+		createSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "pouchfly", Subsystem: "engine", Name: "create_seconds",
+			Help: "Time to create a container (rootfs snapshot, quota, volumes, containerd container).", Buckets: prometheus.ExponentialBuckets(0.002, 2, 12)}),
+		exitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "pouchfly", Subsystem: "engine", Name: "exit_seconds",
+			Help: "Time from a task's exit to its record (output drained, task deleted, state saved), before --rm or a restart.", Buckets: prometheus.ExponentialBuckets(0.002, 2, 12)}),
 	}
 }
 
@@ -51,7 +57,7 @@ func (e *Engine) Collectors() []prometheus.Collector {
 			return float64(n)
 		}
 	}
-	out := []prometheus.Collector{m.starts, m.exits, m.restarts, m.pulls, m.pullSeconds, m.startSeconds,
+	out := []prometheus.Collector{m.starts, m.exits, m.restarts, m.pulls, m.pullSeconds, m.startSeconds, m.createSeconds, m.exitSeconds,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "pouchfly", Subsystem: "engine", Name: "containers",
 			Help: "Containers pouchd knows."}, count(false)),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "pouchfly", Subsystem: "engine", Name: "containers_running",

@@ -32,6 +32,7 @@ func (e *Engine) Handler() http.Handler {
 	mux.HandleFunc("GET /_ping", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "OK") })
 	mux.HandleFunc("GET /version", h.version)
 	mux.HandleFunc("GET /info", h.info)
+	mux.HandleFunc("POST /auth", h.auth)
 	mux.HandleFunc("POST /images/create", h.imagePull)
 	mux.HandleFunc("GET /images/json", h.imageList)
 	mux.HandleFunc("/images/", h.imageByName)
@@ -195,6 +196,22 @@ func (h *handlers) version(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, h.e.Version(r.Context()))
 }
 
+// auth checks credentials with a registry (docker login); the body is
+// never logged.
+func (h *handlers) auth(w http.ResponseWriter, r *http.Request) {
+	var a api.AuthConfig
+	if err := decodeBody(r, &a); err != nil {
+		writeError(w, fmt.Errorf("bad login request: %w", errdefs.ErrInvalid))
+		return
+	}
+	resp, err := h.e.Login(r.Context(), a)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
 func (h *handlers) info(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, h.e.Info(r.Context()))
 }
@@ -253,7 +270,12 @@ func (h *handlers) imagePull(w http.ResponseWriter, r *http.Request) {
 		}
 		pending = nil
 	}
-	err := h.e.Pull(r.Context(), ref, func(m api.JSONMessage) {
+	auth, err := api.DecodeAuth(r.Header.Get(api.AuthHeader))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	err = h.e.Pull(r.Context(), ref, auth, func(m api.JSONMessage) {
 		mu.Lock()
 		defer mu.Unlock()
 		if !committed {

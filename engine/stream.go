@@ -228,7 +228,7 @@ func (e *Engine) Attach(ctx context.Context, ref string, stdout, stderr io.Write
 func (c *container) waitRun(ctx context.Context, done chan struct{}) *runState {
 	for {
 		c.mu.Lock()
-		r := c.run
+		r, running := c.run, c.running
 		c.mu.Unlock()
 		if r != nil {
 			return r
@@ -238,7 +238,7 @@ func (c *container) waitRun(ctx context.Context, done chan struct{}) *runState {
 			return nil
 		case <-ctx.Done():
 			return nil
-		case <-time.After(20 * time.Millisecond):
+		case <-running:
 		}
 	}
 }

@@ -10,13 +10,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/pouchfly/pouchfly/engine/api"
 	"github.com/pouchfly/pouchfly/internal/errdefs"
 )
-
-func timeAfter(ms int) <-chan time.Time { return time.After(time.Duration(ms) * time.Millisecond) }
 
 // eachContainer runs fn for every argument, printing each that succeeded.
 func eachContainer(args []string, fn func(string) error) error {
@@ -224,7 +221,14 @@ func execCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "exec [OPTIONS] CONTAINER COMMAND [ARG...]",
 		Short: "Run a command in a running container (exits with its code)",
-		Args:  cobra.MinimumNArgs(2),
+		Long: `Run a command in a running container; pouch exits with its exit code.
+With -t the command gets a pseudo-terminal of the size of pouch's terminal
+from the start, following its window changes; with -i -t pouch's terminal
+is in raw mode (Ctrl-D ends an interactive shell, whose last status is then
+pouch's exit code).`,
+		Example: `  pouch exec web cat /etc/hostname
+  pouch exec -it web sh`,
+		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			cl, err := newClient()
@@ -233,6 +237,16 @@ func execCmd() *cobra.Command {
 			}
 			cfg := api.ExecConfig{Cmd: args[1:], Tty: tty, AttachStdin: interactive, AttachStdout: !detach, AttachStderr: !detach,
 				Detach: detach, User: user, WorkingDir: workdir, Env: env}
+			var tm *terminal
+			if tty && !detach {
+				// The exec's pseudo-terminal gets our size before its
+				// process runs, and follows SIGWINCH.
+				tm = openTerminal(interactive)
+				defer tm.close()
+				if h, w, ok := tm.size(); ok {
+					cfg.ConsoleSize = &[2]uint{h, w}
+				}
+			}
 			id, err := cl.ExecCreate(ctx, args[0], cfg)
 			if err != nil {
 				return withCode(126, err)
@@ -241,13 +255,9 @@ func execCmd() *cobra.Command {
 				_, err := cl.ExecStart(ctx, id, api.ExecStartConfig{Detach: true})
 				return err
 			}
-			var restore func()
-			if tty && interactive && term.IsTerminal(int(os.Stdin.Fd())) {
-				if st, err := term.MakeRaw(int(os.Stdin.Fd())); err == nil {
-					restore = func() { _ = term.Restore(int(os.Stdin.Fd()), st) }
-					defer restore()
-				}
-				resizeTTY(ctx, func(h, w uint) error { return cl.ExecResize(ctx, id, h, w) })
+			if tm != nil {
+				tm.follow(ctx, func(h, w uint) error { return cl.ExecResize(ctx, id, h, w) })
+				tm.makeRaw()
 			}
 			conn, err := cl.ExecStart(ctx, id, api.ExecStartConfig{Tty: tty})
 			if err != nil {
@@ -266,9 +276,7 @@ func execCmd() *cobra.Command {
 			} else {
 				serr = api.Demux(os.Stdout, os.Stderr, conn)
 			}
-			if restore != nil {
-				restore()
-			}
+			tm.close()
 			if serr != nil && strings.HasPrefix(serr.Error(), "pouchd: ") {
 				return withCode(startExitCode(serr), serr)
 			}

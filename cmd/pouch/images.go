@@ -92,9 +92,11 @@ func (v *progressView) update(m api.JSONMessage) {
 	v.lines[m.ID] = line
 }
 
+// pullImage pulls ref through pouchd, with the credentials pouch login
+// stored for its registry, if any.
 func pullImage(ctx context.Context, cl *api.Client, ref string, out io.Writer) error {
 	v := newProgressView(out)
-	return cl.ImagePullWait(ctx, ref, v.update)
+	return cl.ImagePullWaitAuth(ctx, ref, credentialsFor(ref), v.update)
 }
 
 func pullCmd() *cobra.Command {
@@ -102,7 +104,12 @@ func pullCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "pull IMAGE",
 		Short: "Pull an image through the local P2P agent (progress per layer)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Pull an image through the local P2P agent's registry mirror (falling back
+to the registry when the agent is down), showing a progress bar per layer.
+An image of a private repository needs credentials: pouch login REGISTRY
+first; pouch sends them with the pull, and the agent shares the layers
+peer-to-peer only with hosts whose credentials the registry accepts.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := newClient()
 			if err != nil {

@@ -87,7 +87,11 @@ func rootCmd() *cobra.Command {
 through the local P2P agent; containers run with runc under pouchd's own
 containerd, with PouchContainer's extras: --enableLxcfs (the container's own
 /proc/meminfo, cpuinfo, uptime…), --disk-quota (size of the rootfs and
-volumes), --runtime (named OCI runtimes) and --rich (an init as PID 1).`,
+volumes), --runtime (named OCI runtimes) and --rich (an init as PID 1).
+
+Private registries: pouch login REGISTRY keeps the credentials in
+~/.pouch/config.json (mode 0600) and pouch sends them with each pull of an
+image of that registry; pouchd never stores or logs them.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -97,7 +101,7 @@ volumes), --runtime (named OCI runtimes) and --rich (an init as PID 1).`,
 	}
 	c.PersistentFlags().StringVarP(&host, "host", "H", def, "pouchd address (env POUCH_HOST)")
 	c.AddCommand(
-		pullCmd(), imagesCmd(), rmiCmd(), imageCmd(),
+		pullCmd(), imagesCmd(), rmiCmd(), imageCmd(), loginCmd(), logoutCmd(),
 		runCmd(), createCmd(), startCmd(), stopCmd(), killCmd(), rmCmd(), psCmd(), logsCmd(), execCmd(),
 		inspectCmd(), infoCmd(), versionCmd(), volumeCmd(), waitCmd(), restartCmd(),
 	)

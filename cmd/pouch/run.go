@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -165,10 +166,22 @@ func runCmd() *cobra.Command {
 		Short: "Create and start a container (pulling its image if needed)",
 		Long: `Create and start a container. In the foreground (without -d) pouch streams
 its output and exits with its exit code; 125 means pouchd refused the
-request, 126 the command cannot be run, 127 it was not found.`,
+request, 126 the command cannot be run, 127 it was not found.
+
+With -t the container gets a pseudo-terminal of the size of pouch's
+terminal from its first instruction on, and follows its window changes;
+with -i -t pouch puts its terminal in raw mode, so that every key (Ctrl-C,
+Ctrl-D…) goes to the container. An image that is not present is pulled
+first, with the credentials of pouch login for its registry.
+
+--enableLxcfs shows the container its own /proc/meminfo, cpuinfo, stat,
+uptime…: tools that read them (procps's free, top, uptime) see the
+container's limits. busybox's free asks the kernel (sysinfo(2)) instead,
+which no /proc file changes: it keeps showing the host's memory.`,
 		Example: `  pouch run --rm busybox echo hello
+  pouch run -it --rm busybox sh
   pouch run -d --name web -m 200m --cpus 1.5 --restart always nginx
-  pouch run --rm -m 200m --enableLxcfs busybox free -m
+  pouch run --rm -m 200m --enableLxcfs debian free -m
   pouch run --rm --disk-quota 1g -v data:/data busybox df -h / /data
   pouch run -d --rich --rich-mode dumb-init --initscript /init.sh busybox sleep 1d`,
 		Args: cobra.MinimumNArgs(1),
@@ -193,6 +206,18 @@ func runContainer(ctx context.Context, o *containerFlags, args []string) error {
 		return withCode(125, err)
 	}
 	defer cl.Close()
+	var tm *terminal
+	if o.tty && !o.detach {
+		// From here on a window change is not missed; the size now is the
+		// pseudo-terminal's size from the start (runc sets it before the
+		// command runs).
+		tm = openTerminal(o.interactive)
+		defer tm.close()
+		if h, w, ok := tm.size(); ok {
+			req.HostConfig.ConsoleSize = &[2]uint{h, w}
+			tm.sized = true
+		}
+	}
 	id, err := createContainer(ctx, cl, req, o.name)
 	if err != nil {
 		return withCode(125, err)
@@ -204,7 +229,7 @@ func runContainer(ctx context.Context, o *containerFlags, args []string) error {
 		fmt.Println(id)
 		return nil
 	}
-	return attachAndStart(ctx, cl, id, o.tty, o.interactive, o.rm, true)
+	return attachAndStart(ctx, cl, id, tm, o.interactive, o.rm, true)
 }
 
 // startExitCode maps a start failure to docker's exit codes.
@@ -221,8 +246,9 @@ func startExitCode(err error) int {
 
 // attachAndStart attaches to id, registers a wait, starts it (when start),
 // streams until its output ends and returns its exit code as an
-// exitError.
-func attachAndStart(ctx context.Context, cl *api.Client, id string, tty, interactive, autoRemove, start bool) error {
+// exitError. tm is pouch's terminal for a TTY container (nil otherwise).
+func attachAndStart(ctx context.Context, cl *api.Client, id string, tm *terminal, interactive, autoRemove, start bool) error {
+	tty := tm != nil
 	conn, err := cl.ContainerAttach(ctx, id, api.AttachOptions{Stdin: interactive, Stdout: true, Stderr: true})
 	if err != nil {
 		return withCode(125, err)
@@ -236,13 +262,15 @@ func attachAndStart(ctx context.Context, cl *api.Client, id string, tty, interac
 	if err != nil {
 		return withCode(125, err)
 	}
-	var restore func()
-	if tty && interactive && term.IsTerminal(int(os.Stdin.Fd())) {
-		if st, err := term.MakeRaw(int(os.Stdin.Fd())); err == nil {
-			restore = func() { _ = term.Restore(int(os.Stdin.Fd()), st) }
-			defer restore()
+	if tty {
+		resize := func(h, w uint) error { return cl.ContainerResize(ctx, id, h, w) }
+		if h, w, ok := tm.size(); ok && start && !tm.sized {
+			// Before the start: pouchd keeps the size and applies it
+			// before the process runs (start -a; run gave it at create).
+			_ = resize(h, w)
 		}
-		resizeTTY(ctx, func(h, w uint) error { return cl.ContainerResize(ctx, id, h, w) })
+		tm.follow(ctx, resize)
+		tm.makeRaw()
 	}
 	if start {
 		if err := cl.ContainerStart(ctx, id); err != nil {
@@ -277,8 +305,8 @@ func attachAndStart(ctx context.Context, cl *api.Client, id string, tty, interac
 		return withCode(130, nil)
 	}
 	res, err := wait()
-	if restore != nil {
-		restore()
+	if tty {
+		tm.close()
 	}
 	if err != nil {
 		return withCode(125, err)
@@ -289,41 +317,106 @@ func attachAndStart(ctx context.Context, cl *api.Client, id string, tty, interac
 	return nil
 }
 
-// resizeTTY sends the terminal's size now and on SIGWINCH.
-func resizeTTY(ctx context.Context, resize func(h, w uint) error) {
-	send := func() {
-		if w, h, err := term.GetSize(int(os.Stdout.Fd())); err == nil {
-			_ = resize(uint(h), uint(w))
+// terminal is pouch's own terminal while it is attached to a container's
+// TTY: its size goes to the container's pseudo-terminal (at create or
+// start, and at every SIGWINCH), and with -i its input is put in raw mode
+// so that every key (Ctrl-C, Ctrl-D…) reaches the container's line
+// discipline instead of pouch's.
+type terminal struct {
+	in, out     int // file descriptors; -1 when not a terminal
+	interactive bool
+	sized       bool // the size went with the create (ConsoleSize)
+	winch       chan os.Signal
+	mu          sync.Mutex
+	restore     func()
+	closed      bool
+}
+
+// openTerminal starts watching SIGWINCH when stdout (or stdin) is a
+// terminal. It never fails: without a terminal, size reports !ok and
+// makeRaw does nothing.
+func openTerminal(interactive bool) *terminal {
+	t := &terminal{in: -1, out: -1, interactive: interactive}
+	if fd := int(os.Stdin.Fd()); term.IsTerminal(fd) {
+		t.in = fd
+	}
+	if fd := int(os.Stdout.Fd()); term.IsTerminal(fd) {
+		t.out = fd
+	}
+	if t.in >= 0 || t.out >= 0 {
+		t.winch = make(chan os.Signal, 1)
+		signal.Notify(t.winch, syscall.SIGWINCH)
+	}
+	return t
+}
+
+// size returns the terminal's height and width; ok is false without a
+// terminal or when it has no size (0x0: a pty nobody sized, e.g. script(1)
+// run without a terminal of its own), which is then left to the runtime.
+func (t *terminal) size() (h, w uint, ok bool) {
+	for _, fd := range []int{t.out, t.in} {
+		if fd < 0 {
+			continue
+		}
+		if cw, ch, err := term.GetSize(fd); err == nil && cw > 0 && ch > 0 {
+			return uint(ch), uint(cw), true
 		}
 	}
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGWINCH)
+	return 0, 0, false
+}
+
+// follow sends the size at every SIGWINCH until ctx ends or close.
+func (t *terminal) follow(ctx context.Context, resize func(h, w uint) error) {
+	if t.winch == nil {
+		return
+	}
 	go func() {
-		defer signal.Stop(ch)
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case <-ch:
-				send()
-			}
-		}
-	}()
-	go func() {
-		// The task may not exist yet: retry briefly.
-		for i := 0; i < 20; i++ {
-			if w, h, err := term.GetSize(int(os.Stdout.Fd())); err == nil {
-				if resize(uint(h), uint(w)) == nil {
+			case _, ok := <-t.winch:
+				if !ok {
 					return
 				}
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-timeAfter(50):
+				if h, w, ok := t.size(); ok {
+					_ = resize(h, w)
+				}
 			}
 		}
 	}()
+}
+
+// makeRaw puts stdin in raw mode (with -i, when it is a terminal).
+func (t *terminal) makeRaw() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.interactive || t.in < 0 || t.restore != nil || t.closed {
+		return
+	}
+	if st, err := term.MakeRaw(t.in); err == nil {
+		t.restore = func() { _ = term.Restore(t.in, st) }
+	}
+}
+
+// close restores the terminal and stops watching SIGWINCH. Idempotent.
+func (t *terminal) close() {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return
+	}
+	t.closed = true
+	if t.restore != nil {
+		t.restore()
+	}
+	if t.winch != nil {
+		signal.Stop(t.winch)
+		close(t.winch)
+	}
 }
 
 func startCmd() *cobra.Command {
@@ -345,7 +438,12 @@ func startCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return attachAndStart(cmd.Context(), cl, j.ID, j.Config.Tty, interactive && j.Config.OpenStdin, j.HostConfig.AutoRemove, true)
+				var tm *terminal
+				if j.Config.Tty {
+					tm = openTerminal(interactive && j.Config.OpenStdin)
+					defer tm.close()
+				}
+				return attachAndStart(cmd.Context(), cl, j.ID, tm, interactive && j.Config.OpenStdin, j.HostConfig.AutoRemove, true)
 			}
 			var errs []error
 			for _, a := range args {

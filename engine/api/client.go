@@ -99,6 +99,10 @@ func (c *Client) Close() error {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, body any) (*http.Response, error) {
+	return c.doHeader(ctx, method, path, q, body, nil)
+}
+
+func (c *Client) doHeader(ctx context.Context, method, path string, q url.Values, body any, hdr http.Header) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -117,6 +121,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -166,20 +173,48 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 	return v, c.getJSON(ctx, http.MethodGet, "/info", nil, nil, &v)
 }
 
-// ImagePull starts a pull; the caller reads the JSONMessage stream until
-// EOF (a message with Error set means the pull failed) and closes it.
+// Login checks credentials with the registry (POST /auth) through pouchd,
+// which stores nothing. Wrong credentials are an *Error matching
+// errdefs.ErrForbidden.
+func (c *Client) Login(ctx context.Context, a AuthConfig) (AuthResponse, error) {
+	var v AuthResponse
+	return v, c.getJSON(ctx, http.MethodPost, "/auth", nil, a, &v)
+}
+
+// ImagePull starts an anonymous pull (see ImagePullAuth).
 func (c *Client) ImagePull(ctx context.Context, ref string) (io.ReadCloser, error) {
-	resp, err := c.do(ctx, http.MethodPost, "/images/create", url.Values{"fromImage": {ref}}, nil)
+	return c.ImagePullAuth(ctx, ref, nil)
+}
+
+// ImagePullAuth starts a pull with the registry credentials auth (nil:
+// anonymous), sent in the X-Registry-Auth header; the caller reads the
+// JSONMessage stream until EOF (a message with Error set means the pull
+// failed) and closes it.
+func (c *Client) ImagePullAuth(ctx context.Context, ref string, auth *AuthConfig) (io.ReadCloser, error) {
+	var hdr http.Header
+	if auth != nil {
+		enc, err := EncodeAuth(*auth)
+		if err != nil {
+			return nil, err
+		}
+		hdr = http.Header{AuthHeader: {enc}}
+	}
+	resp, err := c.doHeader(ctx, http.MethodPost, "/images/create", url.Values{"fromImage": {ref}}, nil, hdr)
 	if err != nil {
 		return nil, err
 	}
 	return resp.Body, nil
 }
 
-// ImagePullWait pulls ref and returns the stream's final error, if any;
-// each message goes to fn (may be nil).
+// ImagePullWait pulls ref anonymously (see ImagePullWaitAuth).
 func (c *Client) ImagePullWait(ctx context.Context, ref string, fn func(JSONMessage)) error {
-	rc, err := c.ImagePull(ctx, ref)
+	return c.ImagePullWaitAuth(ctx, ref, nil, fn)
+}
+
+// ImagePullWaitAuth pulls ref with auth (nil: anonymous) and returns the
+// stream's final error, if any; each message goes to fn (may be nil).
+func (c *Client) ImagePullWaitAuth(ctx context.Context, ref string, auth *AuthConfig, fn func(JSONMessage)) error {
+	rc, err := c.ImagePullAuth(ctx, ref, auth)
 	if err != nil {
 		return err
 	}

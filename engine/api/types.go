@@ -188,6 +188,11 @@ type HostConfig struct {
 	Runtime string `json:",omitempty"`
 	// EnableLxcfs binds lxcfs's /proc files over the container's.
 	EnableLxcfs bool `json:",omitempty"`
+	// ConsoleSize is the initial size of the container's TTY, [height,
+	// width] (Docker API 1.42): the pseudo-terminal has this size before
+	// the process starts, so a command that asks at once (stty size)
+	// sees it. Ignored without Tty; nil or zeros leave the size unset.
+	ConsoleSize *[2]uint `json:",omitempty"`
 	Resources
 }
 
@@ -286,6 +291,9 @@ type ExecConfig struct {
 	Env          []string `json:",omitempty"`
 	WorkingDir   string   `json:",omitempty"`
 	Cmd          []string
+	// ConsoleSize is the initial size of the exec's TTY, [height, width]
+	// (Docker API 1.42); see HostConfig.ConsoleSize.
+	ConsoleSize *[2]uint `json:",omitempty"`
 }
 
 // IDResponse answers POST /containers/{id}/exec.

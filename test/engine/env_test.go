@@ -57,7 +57,12 @@ type env struct {
 	logf    *os.File
 	image   string // busybox image, pulled by the first test that needs it
 	richImg string // busybox image with /init.sh
-	pulled  sync.Once
+	// privImg is in a protected repository; privLayer is its own layer.
+	privImg, privLayer string
+	pulled             sync.Once
+	// procps image (busybox + the host's procps free), pushed on first use.
+	procpsOnce sync.Once
+	procpsErr  error
 }
 
 var (
@@ -150,7 +155,9 @@ func setup() (e *env, err error) {
 		return e, fmt.Errorf("go build pouch-init: %v\n%s", err, out)
 	}
 	// The registry and its images.
-	e.reg, err = registry.Start(ctx, registry.Options{Dir: filepath.Join(dir, "registry")})
+	// Token auth as on a real registry: test/… pulls anonymously,
+	// private/… needs registry.DefaultUser's password.
+	e.reg, err = registry.Start(ctx, registry.Options{Dir: filepath.Join(dir, "registry"), Auth: registry.AuthToken})
 	if err != nil {
 		return e, err
 	}
@@ -172,6 +179,16 @@ func setup() (e *env, err error) {
 		return e, err
 	}
 	e.richImg = e.reg.Host() + "/test/rich:v1"
+	// A protected repository, with a layer of its own.
+	priv, err := registry.BusyboxImage(registry.BusyboxOptions{Files: map[string]string{"/etc/private": "private image\n"}})
+	if err != nil {
+		return e, err
+	}
+	if err := e.reg.Push(ctx, "private/busybox", "v1", priv); err != nil {
+		return e, err
+	}
+	e.privImg = e.reg.Host() + "/private/busybox:v1"
+	e.privLayer = priv.Platforms[0].Manifest.Layers[1].Digest.String()
 	// The agent: a one-peer cluster whose peer serves the registry mirror.
 	e.c, err = cluster.New(filepath.Join(dir, "cluster"), cluster.Options{Peers: 1})
 	if err != nil {

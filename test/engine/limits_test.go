@@ -1,6 +1,7 @@
 package enginetest
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pouchfly/pouchfly/internal/testenv"
+	"github.com/pouchfly/pouchfly/test/registry"
 )
 
 // memTotalKB reads MemTotal from a /proc/meminfo text.
@@ -46,7 +50,7 @@ func TestMemoryCPUPidsLimits(t *testing.T) {
 		t.Errorf("with --enableLxcfs MemTotal = %d kB, want 204800\n%s", kb, lx)
 	}
 	// (busybox's free asks sysinfo(2), which lxcfs cannot virtualise;
-	// procps's free reads /proc/meminfo and shows 200 MiB.)
+	// procps's free reads /proc/meminfo and shows 200 MiB: TestFreeShows200m.)
 	// A memory hog is killed by the limit (exit 137, OOMKilled).
 	hog := fmt.Sprintf("hog-%d", time.Now().UnixNano()%100000)
 	if _, _, code := e.pouchRaw("run", "--name", hog, "-m", "16m", img, "sh", "-c", "tail /dev/zero"); code != 137 {
@@ -100,4 +104,70 @@ func TestLxcfsRestartRepairsBinds(t *testing.T) {
 	if kb := memTotalKB(e.pouch(t, "run", "--rm", "-m", "100m", "--enableLxcfs", img, "cat", "/proc/meminfo")); kb != 102400 {
 		t.Errorf("new container after the restart: MemTotal %d", kb)
 	}
+}
+
+// ensureProcpsImage pushes (once) a busybox image that also holds the
+// host's procps free with its shared libraries and loader, and returns
+// its name.
+func (e *env) ensureProcpsImage(t *testing.T) string {
+	t.Helper()
+	_, err := os.Stat(registry.DefaultProcpsFree)
+	testenv.Require(t, err == nil, registry.DefaultProcpsFree+" is missing (apt-get install procps)")
+	e.procpsOnce.Do(func() {
+		base, err := registry.BusyboxImage(registry.BusyboxOptions{})
+		if err == nil {
+			var img *registry.Image
+			if img, err = registry.AddHostBinaries(base, registry.DefaultProcpsFree); err == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				err = e.reg.Push(ctx, "test/procps", "v1", img)
+			}
+		}
+		e.procpsErr = err
+	})
+	if e.procpsErr != nil {
+		t.Fatalf("procps image: %v", e.procpsErr)
+	}
+	return e.reg.Host() + "/test/procps:v1"
+}
+
+// freeMemTotal reads the total of free -m's "Mem:" line.
+func freeMemTotal(out string) int {
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "Mem:" {
+			n, err := strconv.Atoi(f[1])
+			if err == nil {
+				return n
+			}
+		}
+	}
+	return -1
+}
+
+// TestFreeShows200m is PouchContainer's headline example with a real
+// free: `pouch run -m 200m --enableLxcfs IMAGE free -m` shows the
+// container's 200 MiB. procps's free reads /proc/meminfo, which lxcfs
+// serves per container; busybox's free asks sysinfo(2), which no FUSE
+// filesystem can answer for a container (it keeps showing the host:
+// docs/engine.md).
+func TestFreeShows200m(t *testing.T) {
+	e := need(t)
+	img := e.ensureProcpsImage(t)
+	e.pouch(t, "pull", img)
+	if v := e.pouch(t, "run", "--rm", img, "free", "-V"); !strings.Contains(v, "procps") {
+		t.Fatalf("free in the image is not procps's: %q", v)
+	}
+	out := e.pouch(t, "run", "--rm", "-m", "200m", "--enableLxcfs", img, "free", "-m")
+	t.Logf("pouch run -m 200m --enableLxcfs %s free -m:\n%s", img, out)
+	if total := freeMemTotal(out); total < 195 || total > 200 {
+		t.Errorf("free -m inside -m 200m --enableLxcfs: Mem total %d MiB, want about 200:\n%s", total, out)
+	}
+	// Without lxcfs the same free shows the host's memory.
+	host := e.pouch(t, "run", "--rm", "-m", "200m", img, "free", "-m")
+	if total := freeMemTotal(host); total <= 200 {
+		t.Errorf("free -m without lxcfs: Mem total %d MiB, expected the host's:\n%s", total, host)
+	}
+	// busybox's free (sysinfo(2)) cannot be virtualised by lxcfs.
+	bb := e.pouch(t, "run", "--rm", "-m", "200m", "--enableLxcfs", img, "/bin/free", "-m")
+	t.Logf("busybox free -m under lxcfs (sysinfo(2): the host's numbers):\n%s", bb)
 }
