@@ -382,6 +382,10 @@ the simulated network (veth, bridge, tbf), which real hosts do not pay.
 
 ![CPU-seconds per GB vs N](%s)
 
+Why the figures are what they are — where the CPU goes, what the simulator
+says the scheduler does without a CPU ceiling, and the loopback (mirror,
+throughput) benchmarks — is in [performance.md](performance.md).
+
 ## Reproduce
 
 `+"```sh"+`
@@ -389,6 +393,7 @@ make bench                                   # defaults: 64 MiB, N = 1 2 4 8 16 
 make bench BENCH_HOSTS=1,8 BENCH_SIZE=16MiB  # any flag: BENCH_SIZE BENCH_HOSTS BENCH_MODES BENCH_HOST_CAP BENCH_ORIGIN_CAP BENCH_SN_CAP BENCH_FLAGS
 make build && go run ./test/testbed/cmd/pouchfly-testbed run --hosts 8 --mode p2p --keep   # one scenario, logs kept
 go run ./test/testbed/cmd/pouchfly-testbed clean                            # remove stale testbeds
+POUCHFLY_PROFILE_DIR=/tmp/prof bin/pouchfly-testbed run --hosts 32 --mode p2p  # CPU profile of every agent and the supernode
 `+"```"+`
 `, o.command, machine(), o.date.UTC().Format("2006-01-02 15:04 UTC"), table, targets,
 		filepath.Join(rel, plotCompletion), filepath.Join(rel, plotEgress), filepath.Join(rel, plotCPU))
