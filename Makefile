@@ -5,7 +5,7 @@ PKGS    := ./...
 GOFLAGS ?= -buildvcs=false
 export GOFLAGS
 
-.PHONY: all build test demo bench bench-local proto deps tools clean lint fuzz
+.PHONY: all build test demo bench bench-local chaos proto deps tools clean lint fuzz
 
 all: build
 
@@ -77,6 +77,19 @@ bench: build
 	timeout -s INT -k 3m $(BENCH_TIMEOUT) $(BIN)/pouchfly-bench --bin $(BIN) --report bench-report.json \
 	  --table $(BIN)/bench-table.md --img-dir docs/img --docs docs/benchmarks.md \
 	  --command "make bench $(MAKEOVERRIDES)" $(BENCH_ARGS)
+
+## chaos: the chaos suite on the multi-host testbed (root, issue #7): agents and the supernode SIGKILLed
+## and restarted, a malicious host, origin 5xx/resets/stalls, a full disk (tmpfs), 1000 concurrent requests,
+## on CHAOS_HOSTS hosts with tc tbf caps → chaos-report.json (§5 objects + figures + checks) and a table.
+## The loopback variant of the same scenarios runs in `make test` (go test ./test/chaos).
+CHAOS_HOSTS     ?= 16
+CHAOS_SCENARIOS ?= kill,supernode,malicious,origin,disk,requests
+CHAOS_TIMEOUT   ?= 30m
+CHAOS_FLAGS     ?=
+chaos: build
+	$(GO) build -o $(BIN)/pouchfly-chaos ./test/chaos/cmd/pouchfly-chaos
+	timeout -s INT -k 2m $(CHAOS_TIMEOUT) $(BIN)/pouchfly-chaos --bin $(BIN) --hosts $(CHAOS_HOSTS) \
+	  --scenarios $(CHAOS_SCENARIOS) --timeout $(CHAOS_TIMEOUT) --report chaos-report.json --table $(BIN)/chaos-table.md $(CHAOS_FLAGS)
 
 clean:
 	rm -rf $(BIN) demo-report.json

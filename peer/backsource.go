@@ -31,7 +31,28 @@ func (t *task) startBackSource(ctx context.Context, reason string) {
 	metaOK, meta, have := t.metaOK, t.meta, t.have.Clone()
 	t.mu.Unlock()
 	sums := append([][]byte(nil), t.sums...)
-	go func() { t.bsDone <- t.backSourceRun(ctx, metaOK, meta, have, sums) }()
+	ctx, t.bsCancel = context.WithCancel(ctx)
+	done := t.bsDone
+	go func() { done <- t.backSourceRun(ctx, metaOK, meta, have, sums) }()
+}
+
+// rejoin ends a back-to-source run that started because no supernode
+// session was up, now that one is: the pieces it stored stay, the rest
+// comes from the swarm again (the origin is not asked for a content
+// per host while a swarm can share it). A run that already finished
+// keeps the task back-to-source.
+func (t *task) rejoin() {
+	if t.bsStop == nil || t.bsDone == nil {
+		return
+	}
+	t.bsStop()
+	t.bsStop = nil
+	if err := <-t.bsDone; err == nil {
+		t.bsDone = nil
+		return // it completed meanwhile
+	}
+	t.bsDone, t.backSource = nil, false
+	t.log.Info("supernode back: stopped back-to-source, re-joining the swarm")
 }
 
 // originError turns an origin response into a TaskError.
@@ -148,6 +169,7 @@ func (t *task) backSourceRun(ctx context.Context, metaOK bool, meta piece.Meta, 
 		t.mu.Lock()
 		held := t.have.Has(n)
 		t.mu.Unlock()
+		taken := false
 		lr := &countingReader{r: t.p.limitDownload(ctx, io.LimitReader(body, size))}
 		if held {
 			_, err = io.Copy(io.Discard, lr)
@@ -171,6 +193,12 @@ func (t *task) backSourceRun(ctx context.Context, metaOK bool, meta piece.Meta, 
 				t.mu.Unlock()
 			}
 			_, err = t.p.store.WritePiece(ctx, t.id, n, lr, sum)
+			if errors.Is(err, piece.ErrTaken) {
+				// A parent's verified copy took the piece over: skip the
+				// rest of it in the stream (it was stored, not by us).
+				taken = true
+				_, err = io.Copy(io.Discard, lr)
+			}
 		}
 		t.p.metrics.bytes.WithLabelValues("origin").Add(float64(lr.n))
 		pos += lr.n
@@ -183,11 +211,13 @@ func (t *task) backSourceRun(ctx context.Context, metaOK bool, meta piece.Meta, 
 			}
 			return &TaskError{Class: errdefs.ErrUnavailable, Msg: fmt.Sprintf("origin %s: piece %d: %v", redactURL(t.req.URL), n, err)}
 		}
-		t.mu.Lock()
-		t.have.Set(n)
-		t.received["origin"] += lr.n
-		t.notify()
-		t.mu.Unlock()
+		if !taken {
+			t.mu.Lock()
+			t.have.Set(n)
+			t.received["origin"] += lr.n
+			t.notify()
+			t.mu.Unlock()
+		}
 		if meta.ContentLength < 0 && lr.n < size {
 			break
 		}

@@ -124,6 +124,12 @@ type task struct {
 	localFails   int
 	downSince    time.Time
 	rng          *rand.Rand
+
+	// bsCancel cancels the current back-to-source run; bsStop is it when
+	// the run started because no supernode session was up (nil
+	// otherwise): the task re-joins the swarm when the session returns
+	// instead of streaming the rest from the origin.
+	bsCancel, bsStop context.CancelFunc
 }
 
 func newTask(p *Peer, id string, req Request) *task {
@@ -263,6 +269,7 @@ func (t *task) loop(ctx context.Context) error {
 		case up := <-t.ctl:
 			if up {
 				t.downSince = time.Time{}
+				t.rejoin()
 				t.register()
 			} else if t.downSince.IsZero() {
 				t.downSince = time.Now()
@@ -321,6 +328,7 @@ func (t *task) tick(ctx context.Context, refresh bool) error {
 	if !t.downSince.IsZero() && time.Since(t.downSince) >= t.p.cfg.SupernodeWait && !t.backSource {
 		if t.backSourceAllowed() {
 			t.startBackSource(ctx, "no supernode session")
+			t.bsStop = t.bsCancel
 		} else if !t.canFinishWithParents() {
 			return &TaskError{Class: errdefs.ErrUnavailable, Msg: fmt.Sprintf("no supernode reachable (%v) and back-to-source is off", t.p.cfg.Supernodes)}
 		}

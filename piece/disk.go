@@ -309,7 +309,7 @@ func (s *DiskStore) WritePiece(ctx context.Context, taskID string, n int, r io.R
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.gate.acquire(ctx, taskID, n)
+	hold, release, r, read, err := s.gate.claim(ctx, taskID, n, r, size, exact, want)
 	if err != nil {
 		return nil, err
 	}
@@ -321,25 +321,34 @@ func (s *DiskStore) WritePiece(ctx context.Context, taskID string, n int, r io.R
 		prev = append([]byte(nil), t.sums[n]...)
 	}
 	t.mu.Unlock()
+	if have && read {
+		return nil, ErrTaken // stored by another copy while this one was read
+	}
 	if have {
 		// Already verified: keep those bytes, never rewrite them.
 		return prev, nil
 	}
 	off := int64(n) * int64(meta.PieceSize)
-	sum, err := copyPiece(io.NewOffsetWriter(data, off), ctxReader{ctx, r}, size, exact, want)
+	sum, err := copyPiece(hold.writer(io.NewOffsetWriter(data, off)), ctxReader{ctx, r}, size, exact, want)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := sumsFile.WriteAt(sum, int64(n)*sha256.Size); err != nil {
-		return nil, mapIOErr(err)
+	err = hold.commit(func() error {
+		if _, err := sumsFile.WriteAt(sum, int64(n)*sha256.Size); err != nil {
+			return mapIOErr(err)
+		}
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if t.deleted {
+			return fmt.Errorf("task %s deleted during write: %w", taskID, errdefs.ErrNotFound)
+		}
+		t.setSum(n, sum)
+		t.access = s.clock.Now()
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.deleted {
-		return nil, fmt.Errorf("task %s deleted during write: %w", taskID, errdefs.ErrNotFound)
-	}
-	t.setSum(n, sum)
-	t.access = s.clock.Now()
 	return sum, nil
 }
 

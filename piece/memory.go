@@ -86,7 +86,7 @@ func (s *MemoryStore) WritePiece(ctx context.Context, taskID string, n int, r io
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.gate.acquire(ctx, taskID, n)
+	hold, release, r, read, err := s.gate.claim(ctx, taskID, n, r, size, exact, want)
 	if err != nil {
 		return nil, err
 	}
@@ -95,31 +95,40 @@ func (s *MemoryStore) WritePiece(ctx context.Context, taskID string, n int, r io
 	if t.bitmap.Has(n) {
 		prev := append([]byte(nil), t.sums[n]...)
 		s.mu.Unlock()
+		if read {
+			return nil, ErrTaken // stored by another copy while this one was read
+		}
 		return prev, nil
 	}
 	s.mu.Unlock()
 	var buf bytes.Buffer
-	sum, err := copyPiece(&buf, ctxReader{ctx, r}, size, exact, want)
+	sum, err := copyPiece(hold.writer(&buf), ctxReader{ctx, r}, size, exact, want)
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.tasks[taskID] != t {
-		return nil, fmt.Errorf("task %s deleted during write: %w", taskID, errdefs.ErrNotFound)
+	err = hold.commit(func() error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.tasks[taskID] != t {
+			return fmt.Errorf("task %s deleted during write: %w", taskID, errdefs.ErrNotFound)
+		}
+		if s.maxBytes > 0 && s.used+int64(buf.Len()) > s.maxBytes {
+			return fmt.Errorf("memory store holds %d of %d bytes: %w", s.used, s.maxBytes, errdefs.ErrNoSpace)
+		}
+		for len(t.pieces) <= n {
+			t.pieces = append(t.pieces, nil)
+			t.sums = append(t.sums, nil)
+		}
+		t.pieces[n] = buf.Bytes()
+		t.sums[n] = sum
+		t.bitmap.Set(n)
+		s.used += int64(buf.Len())
+		t.access = s.clock.Now()
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	if s.maxBytes > 0 && s.used+int64(buf.Len()) > s.maxBytes {
-		return nil, fmt.Errorf("memory store holds %d of %d bytes: %w", s.used, s.maxBytes, errdefs.ErrNoSpace)
-	}
-	for len(t.pieces) <= n {
-		t.pieces = append(t.pieces, nil)
-		t.sums = append(t.sums, nil)
-	}
-	t.pieces[n] = buf.Bytes()
-	t.sums[n] = sum
-	t.bitmap.Set(n)
-	s.used += int64(buf.Len())
-	t.access = s.clock.Now()
 	return sum, nil
 }
 

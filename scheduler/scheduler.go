@@ -762,7 +762,7 @@ func (s *Scheduler) grantTargetLocked(t *task, n int) *peer {
 	for i, seen := 0, 0; i < len(t.list) && seen < grantScan; i++ {
 		j := (t.grantNext + i) % len(t.list)
 		q := t.list[j]
-		if q.isCDN() || !q.admitted || q.gone || q.done || q.bitmap.Has(n) || slices.Contains(q.granted, int32(n)) {
+		if q.isCDN() || !q.admitted || q.gone || q.done || q.host.quarantined || q.bitmap.Has(n) || slices.Contains(q.granted, int32(n)) {
 			continue
 		}
 		seen++
@@ -819,7 +819,7 @@ func (s *Scheduler) copiesLocked(t *task, n int, now time.Time, busyFor time.Dur
 	kept := gs[:0]
 	live, busy := 0, 0
 	for _, g := range gs {
-		if g.to.gone || g.to.done || g.to.bitmap.Has(n) {
+		if g.to.gone || g.to.done || g.to.host.quarantined || g.to.bitmap.Has(n) {
 			continue
 		}
 		kept = append(kept, g)
@@ -861,8 +861,8 @@ func (s *Scheduler) gainLocked(p *peer, n int) bool {
 		return false
 	}
 	p.bitmap.Set(n)
-	if p.isCDN() {
-		return true
+	if p.isCDN() || p.host.quarantined {
+		return true // not a copy others may fetch (holders)
 	}
 	t := p.task
 	for len(t.holders) <= n {
@@ -1156,7 +1156,7 @@ func (s *Scheduler) removePeersLocked(ps []*peer) {
 		}
 		p.host.children -= len(p.children)
 		p.children = nil
-		if !p.isCDN() {
+		if !p.isCDN() && !p.host.quarantined { // a quarantined host's pieces left holders already
 			for n := range t.holders {
 				if p.bitmap.Has(n) {
 					t.holders[n]--
@@ -1404,13 +1404,28 @@ func (s *Scheduler) quarantineLocked(h *host) {
 	s.metrics.Quarantines.Inc()
 	s.log.Warn("host quarantined", "peer", h.info.ID, "bad_pieces", h.badPieces)
 	var orphans []*peer
+	var tasks []*task
 	for _, q := range h.peers {
 		for c := range q.children {
 			orphans = append(orphans, c)
 		}
+		// Its pieces are no copies anyone may fetch: the CDN hands them
+		// out again (grantLocked counts holders).
+		if !q.isCDN() {
+			t := q.task
+			for n := range t.holders {
+				if q.bitmap.Has(n) {
+					t.holders[n]--
+				}
+			}
+			tasks = append(tasks, t)
+		}
 	}
 	for _, c := range orphans {
 		s.assignLocked(c)
+	}
+	for _, t := range tasks {
+		s.grantLocked(t, nil)
 	}
 }
 

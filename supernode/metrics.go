@@ -16,6 +16,11 @@ type Metrics struct {
 	Dropped prometheus.Counter
 	// PacketsIn and PacketsOut count packets received and sent.
 	PacketsIn, PacketsOut prometheus.Counter
+	// PacketSeconds observes the time the supernode takes to handle one
+	// packet from a host (the scheduler's work, its lock waits
+	// included), by kind (register, pieces, need_parents, done,
+	// heartbeat, leave): the server side of the control plane's latency.
+	PacketSeconds *prometheus.HistogramVec
 }
 
 // NewMetrics returns unregistered collectors.
@@ -32,10 +37,14 @@ func NewMetrics() *Metrics {
 		Dropped:    c("packets_dropped_total", "Packets for hosts without a live session."),
 		PacketsIn:  c("packets_received_total", "Packets received from hosts."),
 		PacketsOut: c("packets_sent_total", "Packets sent to hosts."),
+		PacketSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "packet_seconds",
+			Help:    "Time to handle one packet from a host, by kind.",
+			Buckets: prometheus.ExponentialBuckets(25e-6, 2, 18), // 25µs .. ~3.3s
+		}, []string{"kind"}),
 	}
 }
 
 // Collectors returns every collector.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Sessions, m.Rejected, m.Overflows, m.Dropped, m.PacketsIn, m.PacketsOut}
+	return []prometheus.Collector{m.Sessions, m.Rejected, m.Overflows, m.Dropped, m.PacketsIn, m.PacketsOut, m.PacketSeconds}
 }

@@ -399,7 +399,11 @@ func (n *Node) Sessions() *Server { return n.srv }
 
 // Run serves until ctx ends, then stops everything and returns.
 func (n *Node) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
+	// Everything runs on a context of its own, cancelled only once the
+	// sessions are gone (below), so that nothing the shutdown does
+	// reaches the hosts.
+	outer := ctx
+	ctx, cancel := context.WithCancel(context.WithoutCancel(outer))
 	defer cancel()
 	errc := make(chan error, 8)
 	var wg sync.WaitGroup
@@ -428,17 +432,19 @@ func (n *Node) Run(ctx context.Context) error {
 	n.log.Info("supernode up", "scheduler", n.Addr(), "pieces", n.PieceAddr(), "http", n.HTTPAddr())
 	var err error
 	select {
-	case <-ctx.Done():
+	case <-outer.Done():
 	case err = <-errc:
 	}
+	// Drop the sessions first, at once: a stopping supernode must look to
+	// the hosts like a crashed one. Were the CDN cancelled first, each
+	// seed in flight would fail and the scheduler would order every host
+	// of its task back to source on the way out (an origin stampede on
+	// each restart); without a session the hosts keep their parents and
+	// wait supernode_wait for this supernode or another to answer.
+	// (GracefulStop would only wait for the session streams, which never
+	// end by themselves.)
+	n.grpcSrv.Stop()
 	cancel()
-	stopped := make(chan struct{})
-	go func() { n.grpcSrv.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(2 * time.Second):
-		n.grpcSrv.Stop()
-	}
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer scancel()
 	n.pieceSrv.Shutdown(sctx)

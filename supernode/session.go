@@ -415,6 +415,9 @@ func (s *Server) dispatch(ctx context.Context, b Backend, ss *session, p *schedu
 		return nil
 	}
 	id := ss.id
+	defer func(start time.Time, kind string) {
+		s.metrics.PacketSeconds.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	}(time.Now(), packetKind(p))
 	switch body := p.Body.(type) {
 	case *schedulerv1.PeerPacket_Heartbeat:
 		b.Heartbeat(id, body.Heartbeat)
@@ -450,6 +453,25 @@ func (s *Server) dispatch(ctx context.Context, b Backend, ss *session, p *schedu
 		return status.Error(codes.InvalidArgument, "empty or unknown packet")
 	}
 	return nil
+}
+
+// packetKind names a packet's body for metrics.
+func packetKind(p *schedulerv1.PeerPacket) string {
+	switch p.Body.(type) {
+	case *schedulerv1.PeerPacket_Heartbeat:
+		return "heartbeat"
+	case *schedulerv1.PeerPacket_Register:
+		return "register"
+	case *schedulerv1.PeerPacket_Pieces:
+		return "pieces"
+	case *schedulerv1.PeerPacket_Done:
+		return "done"
+	case *schedulerv1.PeerPacket_NeedParents:
+		return "need_parents"
+	case *schedulerv1.PeerPacket_Leave:
+		return "leave"
+	}
+	return "other"
 }
 
 // validateHello checks a Hello and returns the host it describes; errors

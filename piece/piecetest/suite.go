@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pouchfly/pouchfly/internal/errdefs"
 	"github.com/pouchfly/pouchfly/piece"
@@ -301,6 +302,72 @@ func Run(t *testing.T, newStore Factory) {
 		}
 	})
 
+	// A copy that streams slowly (a trickling parent) must not hold back
+	// a complete verified copy of the same piece: the second takes the
+	// piece over at once; the first then fails with ErrTaken (not stored)
+	// and cannot change the stored bytes.
+	t.Run("SlowWriterTakenOver", func(t *testing.T) {
+		s, _ := newStore(t)
+		b := content(t, 2*pieceSize)
+		id := taskID(b)
+		must(t, s.Create(ctx, piece.Meta{TaskID: id, ContentLength: int64(len(b)), PieceSize: pieceSize}))
+		p := pieceOf(b, 0)
+		slow := &gatedReader{first: p[:len(p)/2], rest: bytes.Repeat([]byte{7}, len(p)-len(p)/2), release: make(chan struct{}), started: make(chan struct{})}
+		slowDone := make(chan error, 1)
+		go func() {
+			_, err := s.WritePiece(ctx, id, 0, slow, sumOf(p))
+			slowDone <- err
+		}()
+		<-slow.started
+		// The complete copy does not wait for the slow one.
+		sum, err := s.WritePiece(ctx, id, 0, bytes.NewReader(p), sumOf(p))
+		if err != nil || !bytes.Equal(sum, sumOf(p)) {
+			t.Fatalf("complete copy: %v", err)
+		}
+		if !bytes.Equal(readPiece(t, s, id, 0), p) {
+			t.Fatal("piece wrong after the takeover")
+		}
+		close(slow.release)
+		if err := <-slowDone; !errors.Is(err, piece.ErrTaken) || !errors.Is(err, context.Canceled) {
+			t.Fatalf("overtaken copy: %v, want ErrTaken (a context.Canceled)", err)
+		}
+		if !bytes.Equal(readPiece(t, s, id, 0), p) {
+			t.Fatal("the overtaken copy changed the stored piece")
+		}
+	})
+
+	// A copy without a digest to check never takes a piece over: it waits.
+	t.Run("UnverifiedCopyWaits", func(t *testing.T) {
+		s, _ := newStore(t)
+		b := content(t, pieceSize)
+		id := taskID(b)
+		must(t, s.Create(ctx, piece.Meta{TaskID: id, ContentLength: int64(len(b)), PieceSize: pieceSize}))
+		slow := &gatedReader{first: b[:10], rest: b[10:], release: make(chan struct{}), started: make(chan struct{})}
+		done := make(chan error, 1)
+		go func() { _, err := s.WritePiece(ctx, id, 0, slow, sumOf(b)); done <- err }()
+		<-slow.started
+		other := make(chan error, 1)
+		go func() {
+			_, err := s.WritePiece(ctx, id, 0, bytes.NewReader(bytes.Repeat([]byte{1}, len(b))), nil)
+			other <- err
+		}()
+		select {
+		case err := <-other:
+			t.Fatalf("unverified copy did not wait: %v", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+		close(slow.release)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-other; err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(readPiece(t, s, id, 0), b) {
+			t.Fatal("a verified piece was rewritten")
+		}
+	})
+
 	// Reopen runs only for stores with persistent state (reopen != nil).
 	t.Run("Reopen", func(t *testing.T) {
 		s, reopen := newStore(t)
@@ -324,6 +391,31 @@ func Run(t *testing.T, newStore Factory) {
 			t.Fatal("piece differs after reopen")
 		}
 	})
+}
+
+// gatedReader yields first, then blocks until release before yielding
+// rest; started is closed on the first read.
+type gatedReader struct {
+	first, rest []byte
+	release     chan struct{}
+	started     chan struct{}
+	once        sync.Once
+}
+
+func (g *gatedReader) Read(b []byte) (int, error) {
+	g.once.Do(func() { close(g.started) })
+	if len(g.first) > 0 {
+		n := copy(b, g.first)
+		g.first = g.first[n:]
+		return n, nil
+	}
+	<-g.release
+	if len(g.rest) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(b, g.rest)
+	g.rest = g.rest[n:]
+	return n, nil
 }
 
 func must(t *testing.T, err error) {

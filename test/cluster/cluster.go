@@ -42,6 +42,7 @@ type Cluster struct {
 
 	dir        string
 	log        *slog.Logger
+	nodeCfg    supernode.NodeConfig // of the last StartSupernode
 	nodeCancel context.CancelFunc
 	nodeDone   chan error
 }
@@ -109,7 +110,7 @@ func (c *Cluster) StartSupernode(cfg supernode.NodeConfig) error {
 		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c.Node, c.nodeCancel, c.nodeDone = n, cancel, make(chan error, 1)
+	c.Node, c.nodeCancel, c.nodeDone, c.nodeCfg = n, cancel, make(chan error, 1), cfg
 	go func() { c.nodeDone <- n.Run(ctx) }()
 	return nil
 }
@@ -123,10 +124,12 @@ func (c *Cluster) StopSupernode() {
 	}
 }
 
+func peerDir(root string, i int) string { return filepath.Join(root, fmt.Sprintf("peer%d", i)) }
+
 // AddPeer starts peer number i (its address is 127.0.0.(10+i)).
 func (c *Cluster) AddPeer(o Options, i int) (*Peer, error) {
 	ip := fmt.Sprintf("127.0.0.%d", 10+i)
-	dir := filepath.Join(c.dir, fmt.Sprintf("peer%d", i))
+	dir := peerDir(c.dir, i)
 	cfg := peer.DefaultConfig()
 	cfg.HostID = fmt.Sprintf("peer%d", i)
 	cfg.DataDir = dir

@@ -1,10 +1,12 @@
 // Package origin is a test and demo origin: an HTTP file server over
 // generated content that counts the bytes it sends, honours Range, and can
-// require credentials or inject faults.
+// require credentials or inject faults (faults.go: 5xx, resets
+// mid-body, stalls), and logs the requests it served.
 package origin
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
@@ -16,6 +18,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // File is one served file.
@@ -39,6 +43,8 @@ type Server struct {
 	Delay time.Duration
 	// Rate, if positive, caps the send rate of each response (bytes/s).
 	Rate int64
+
+	faults faults // injected faults, request log, total rate (faults.go)
 
 	srv *http.Server
 	ln  net.Listener
@@ -102,12 +108,27 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+	arrived := time.Now()
+	rec := &recorder{ResponseWriter: w}
+	fault := s.takeFault(r)
+	cw := &countingWriter{w: rec, n: &s.egress, rate: s.Rate, lim: s.totalLimiter(), ctx: r.Context()}
+	defer func() {
+		s.record(Record{Time: arrived, Path: r.URL.Path, Range: r.Header.Get("Range"), UserAgent: r.UserAgent(),
+			Remote: r.RemoteAddr, Status: rec.status, Bytes: cw.sent, Fault: fault.Mode})
+	}()
+	if fault.Mode == Fault5xx {
+		http.Error(rec, "injected failure", http.StatusServiceUnavailable)
+		return
+	}
 	if s.Delay > 0 {
 		time.Sleep(s.Delay)
 	}
-	cw := &countingWriter{w: w, n: &s.egress, rate: s.Rate}
+	var body io.Writer = cw
+	if fault.Mode != FaultNone {
+		body = &faultWriter{w: cw, rw: rec, ctx: r.Context(), f: fault, left: fault.After}
+	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	http.ServeContent(responseWriter{ResponseWriter: w, body: cw}, r, name, time.Time{}, bytes.NewReader(f.Data))
+	http.ServeContent(responseWriter{ResponseWriter: rec, body: body}, r, name, time.Time{}, bytes.NewReader(f.Data))
 }
 
 // responseWriter routes body writes through the counter.
@@ -122,24 +143,37 @@ type countingWriter struct {
 	w    io.Writer
 	n    *atomic.Int64
 	rate int64
+	// lim caps all responses together (SetTotalRate); ctx ends its waits.
+	lim  *rate.Limiter
+	ctx  context.Context
+	sent int64
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {
-	if c.rate <= 0 {
+	if c.rate <= 0 && c.lim == nil {
 		n, err := c.w.Write(b)
 		c.n.Add(int64(n))
+		c.sent += int64(n)
 		return n, err
 	}
 	written := 0
 	for len(b) > 0 {
 		chunk := min(len(b), 32<<10)
+		if c.lim != nil {
+			if err := c.lim.WaitN(c.ctx, chunk); err != nil {
+				return written, err
+			}
+		}
 		n, err := c.w.Write(b[:chunk])
 		c.n.Add(int64(n))
+		c.sent += int64(n)
 		written += n
 		if err != nil {
 			return written, err
 		}
-		time.Sleep(time.Duration(float64(n) / float64(c.rate) * float64(time.Second)))
+		if c.rate > 0 {
+			time.Sleep(time.Duration(float64(n) / float64(c.rate) * float64(time.Second)))
+		}
 		b = b[chunk:]
 	}
 	return written, nil

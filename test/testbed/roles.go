@@ -84,6 +84,10 @@ func RoleMain() {
 //	GET  /files/<name>                       the content (Range honoured)
 //	POST /prepare?name=N&size=S&seed=X       replace the served file by a generated one; answers its digest
 //	GET  /egress                             body bytes sent since start (decimal)
+//	POST /add?prefix=P&count=C&size=S&seed=X serve C more files P0…P(C-1) (file k from seed X+k); answers their digests
+//	POST /fault                              inject origin.Fault (JSON body) into file requests
+//	POST /total-rate?bps=B                   cap all responses together at B bytes/s (0: off)
+//	GET  /requests                           the file requests served (JSON []origin.Record)
 func originRole(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("origin", flag.ContinueOnError)
 	listen := fs.String("listen", "", "address to serve on")
@@ -115,6 +119,47 @@ func originRole(ctx context.Context, args []string) error {
 	})
 	mux.HandleFunc("GET /egress", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, base.Load()+cur.Load().Egress())
+	})
+	// Chaos controls (test/chaos, chaos.go): they act on the files
+	// served now (a prepare starts clean).
+	mux.HandleFunc("POST /add", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		count, err1 := strconv.Atoi(q.Get("count"))
+		size, err2 := strconv.ParseInt(q.Get("size"), 10, 64)
+		seed, err3 := strconv.ParseUint(q.Get("seed"), 10, 64)
+		prefix := q.Get("prefix")
+		if err1 != nil || err2 != nil || err3 != nil || prefix == "" || count < 1 || count > 100000 || size < 1 || int64(count)*size > 4<<30 {
+			http.Error(w, "bad prefix, count, size or seed", http.StatusBadRequest)
+			return
+		}
+		prepMu.Lock()
+		defer prepMu.Unlock()
+		s := cur.Load()
+		for k := range count {
+			fmt.Fprintln(w, s.Add(prefix+strconv.Itoa(k), origin.Random(size, seed+uint64(k))))
+		}
+	})
+	mux.HandleFunc("POST /fault", func(w http.ResponseWriter, r *http.Request) {
+		var f origin.Fault
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&f); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if err := cur.Load().SetFault(f); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+		}
+	})
+	mux.HandleFunc("POST /total-rate", func(w http.ResponseWriter, r *http.Request) {
+		bps, err := strconv.ParseInt(r.URL.Query().Get("bps"), 10, 64)
+		if err != nil || bps < 0 {
+			http.Error(w, "bad bps", http.StatusBadRequest)
+			return
+		}
+		cur.Load().SetTotalRate(bps)
+	})
+	mux.HandleFunc("GET /requests", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(cur.Load().Log())
 	})
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {

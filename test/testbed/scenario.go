@@ -309,14 +309,40 @@ type Pouchfly struct {
 	Supernode *Proc
 	Agents    []*Proc
 	Sockets   []string
-	dirs      []string
+	// Hosts are the agents' hosts (Agents[i] runs on Hosts[i]).
+	Hosts []*Host
+	dirs  []string
+	// snStart and agentStart (re)start the supernode and agent i with
+	// the run's configuration (chaos.go).
+	snStart    func() (*Proc, error)
+	agentStart []func() (*Proc, error)
+}
+
+// PouchflyOptions tune StartPouchflyWith.
+type PouchflyOptions struct {
+	// AgentSet and SupernodeSet override config keys for this run, on top
+	// of the runner's (RunnerOptions).
+	AgentSet, SupernodeSet map[string]string
+	// BeforeAgent, if set, runs before agent i (on host h) first starts,
+	// with its directory (its data directory is dir/data, its config
+	// dir/dfget.yaml): a scenario may mount a file system there.
+	BeforeAgent func(i int, h *Host, dir string) error
+	// AgentCommand, if set and returning a non-empty bin, runs agent i as
+	// bin args… (plus env) instead of `dfget daemon --config cfg`: a
+	// scenario's own agent (a malicious one) reading the same config.
+	AgentCommand func(i int, h *Host, cfg string) (bin string, args, env []string)
 }
 
 // StartPouchfly starts a supernode (fresh data dir) on the supernode host
 // and one `dfget daemon` per host (fresh data dirs), and waits until every
 // agent answers on its socket and has a session with the supernode.
 func (r *Runner) StartPouchfly(ctx context.Context, hosts []*Host) (pf *Pouchfly, err error) {
-	pf = &Pouchfly{r: r}
+	return r.StartPouchflyWith(ctx, hosts, PouchflyOptions{})
+}
+
+// StartPouchflyWith is StartPouchfly with per-run options.
+func (r *Runner) StartPouchflyWith(ctx context.Context, hosts []*Host, o PouchflyOptions) (pf *Pouchfly, err error) {
+	pf = &Pouchfly{r: r, Hosts: hosts}
 	defer func() {
 		if err != nil {
 			pf.Stop()
@@ -324,8 +350,9 @@ func (r *Runner) StartPouchfly(ctx context.Context, hosts []*Host) (pf *Pouchfly
 		}
 	}()
 	r.seq++
+	seq := r.seq
 	sn := r.TB.Supernode
-	snDir := filepath.Join(sn.Dir, fmt.Sprintf("run%d", r.seq))
+	snDir := filepath.Join(sn.Dir, fmt.Sprintf("run%d", seq))
 	pf.dirs = append(pf.dirs, snDir)
 	snIP := sn.IP
 	cfg := map[string]any{}
@@ -341,16 +368,22 @@ func (r *Runner) StartPouchfly(ctx context.Context, hosts []*Host) (pf *Pouchfly
 	if err := applySets(cfg, r.o.SupernodeSet); err != nil {
 		return pf, fmt.Errorf("supernode config: %w", err)
 	}
+	if err := applySets(cfg, o.SupernodeSet); err != nil {
+		return pf, fmt.Errorf("supernode config: %w", err)
+	}
 	snCfg := filepath.Join(snDir, "supernode.yaml")
 	if err := writeYAML(snCfg, cfg); err != nil {
 		return pf, err
 	}
-	pf.Supernode, err = r.TB.Start(sn, fmt.Sprintf("supernode-run%d", r.seq), ProcOptions{}, filepath.Join(r.o.BinDir, "supernode"), "--config", snCfg)
+	pf.snStart = func() (*Proc, error) {
+		return r.TB.Start(sn, fmt.Sprintf("supernode-run%d", seq), ProcOptions{}, filepath.Join(r.o.BinDir, "supernode"), "--config", snCfg)
+	}
+	pf.Supernode, err = pf.snStart()
 	if err != nil {
 		return pf, err
 	}
-	for _, h := range hosts {
-		dir := filepath.Join(h.Dir, fmt.Sprintf("agent-run%d", r.seq))
+	for i, h := range hosts {
+		dir := filepath.Join(h.Dir, fmt.Sprintf("agent-run%d", seq))
 		pf.dirs = append(pf.dirs, dir)
 		sock := filepath.Join(dir, "dfget.sock")
 		cfg := map[string]any{}
@@ -368,11 +401,29 @@ func (r *Runner) StartPouchfly(ctx context.Context, hosts []*Host) (pf *Pouchfly
 		if err := applySets(cfg, r.o.AgentSet); err != nil {
 			return pf, fmt.Errorf("agent config: %w", err)
 		}
+		if err := applySets(cfg, o.AgentSet); err != nil {
+			return pf, fmt.Errorf("agent config: %w", err)
+		}
 		path := filepath.Join(dir, "dfget.yaml")
 		if err := writeYAML(path, cfg); err != nil {
 			return pf, err
 		}
-		p, err := r.TB.Start(h, fmt.Sprintf("agent-run%d", r.seq), ProcOptions{}, filepath.Join(r.o.BinDir, "dfget"), "daemon", "--config", path)
+		if o.BeforeAgent != nil {
+			if err := o.BeforeAgent(i, h, dir); err != nil {
+				return pf, fmt.Errorf("before agent on %s: %w", h.Name, err)
+			}
+		}
+		bin, args, env := filepath.Join(r.o.BinDir, "dfget"), []string{"daemon", "--config", path}, []string(nil)
+		if o.AgentCommand != nil {
+			if b, a, e := o.AgentCommand(i, h, path); b != "" {
+				bin, args, env = b, a, e
+			}
+		}
+		start := func() (*Proc, error) {
+			return r.TB.Start(h, fmt.Sprintf("agent-run%d", seq), ProcOptions{Env: env}, bin, args...)
+		}
+		pf.agentStart = append(pf.agentStart, start)
+		p, err := start()
 		if err != nil {
 			return pf, err
 		}
@@ -380,12 +431,18 @@ func (r *Runner) StartPouchfly(ctx context.Context, hosts []*Host) (pf *Pouchfly
 		pf.Sockets = append(pf.Sockets, sock)
 	}
 	// Wait for the supernode, then the agents and their sessions.
+	return pf, pf.waitUp(ctx, 60*time.Second)
+}
+
+// waitUp waits until every agent answers on its socket and the supernode
+// counts a session per agent, failing early when a process died.
+func (pf *Pouchfly) waitUp(ctx context.Context, limit time.Duration) error {
 	clients := make([]*peer.Client, len(pf.Sockets))
 	for i, s := range pf.Sockets {
 		clients[i] = peer.NewClient(s)
 	}
-	n := len(hosts)
-	err = poll(ctx, 60*time.Second, "the supernode and the agents", func() (bool, error) {
+	n := len(pf.Sockets)
+	return poll(ctx, limit, "the supernode and the agents", func() (bool, error) {
 		for _, p := range append([]*Proc{pf.Supernode}, pf.Agents...) {
 			if dead, err := p.Exited(); dead {
 				return false, fmt.Errorf("%v; log %s:\n%s", err, p.LogPath, p.Tail(15))
@@ -405,7 +462,6 @@ func (r *Runner) StartPouchfly(ctx context.Context, hosts []*Host) (pf *Pouchfly
 		}
 		return up == n && sessions >= int64(n), nil
 	})
-	return pf, err
 }
 
 // Metric scrapes the supernode's /metrics for name (summed over labels).
