@@ -6,7 +6,12 @@ import (
 	"time"
 
 	schedulerv1 "github.com/pouchfly/pouchfly/api/scheduler/v1"
+	"github.com/pouchfly/pouchfly/piece"
 )
+
+// leaveGrace is how long GC waits between leaving a task at the
+// supernode and deleting its files.
+var leaveGrace = 300 * time.Millisecond
 
 // gcSoon asks the GC loop to run now (the store ran out of room).
 func (p *Peer) gcSoon() {
@@ -53,7 +58,16 @@ func (p *Peer) GC(ctx context.Context) int64 {
 	for _, st := range stats {
 		used += st.Bytes
 	}
-	var freed int64
+	// Pick the victims first, then tell the supernode we leave their tasks
+	// and give it leaveGrace to take us out of every parent set before the
+	// files go: a child that then asks for a piece we advertised would
+	// otherwise report it "not held", which counts against us as a bad
+	// piece (a host lying about its pieces is quarantined).
+	type victim struct {
+		st      piece.Stat
+		expired bool
+	}
+	var victims []victim
 	now := time.Now()
 	for _, st := range stats {
 		if busy[st.TaskID] {
@@ -64,16 +78,38 @@ func (p *Peer) GC(ctx context.Context) int64 {
 		if !expired && !over {
 			continue
 		}
+		victims = append(victims, victim{st, expired})
+		used -= st.Bytes
+	}
+	if len(victims) > 0 && p.sess.Up() {
+		for _, v := range victims {
+			p.sess.Send(&schedulerv1.PeerPacket{Body: &schedulerv1.PeerPacket_Leave{Leave: &schedulerv1.LeaveTask{TaskId: v.st.TaskID}}})
+		}
+		t := time.NewTimer(leaveGrace)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	var freed int64
+	for _, v := range victims {
+		st := v.st
+		p.mu.Lock()
+		_, running := p.tasks[st.TaskID]
+		inUse := running || p.reading[st.TaskID] > 0
+		p.mu.Unlock()
+		if inUse {
+			continue // wanted again meanwhile (a new download registers it again)
+		}
 		if err := p.store.Delete(ctx, st.TaskID); err != nil {
 			p.log.Warn("gc: delete", "task", st.TaskID, "err", err)
 			continue
 		}
-		used -= st.Bytes
 		freed += st.Bytes
 		p.metrics.gcDeleted.Inc()
 		p.metrics.gcBytes.Add(float64(st.Bytes))
-		p.sess.Send(&schedulerv1.PeerPacket{Body: &schedulerv1.PeerPacket_Leave{Leave: &schedulerv1.LeaveTask{TaskId: st.TaskID}}})
-		p.log.Info("gc: removed task", "task", st.TaskID, "bytes", st.Bytes, "expired", expired)
+		p.log.Info("gc: removed task", "task", st.TaskID, "bytes", st.Bytes, "expired", v.expired)
 	}
 	return freed
 }

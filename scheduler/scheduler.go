@@ -1256,8 +1256,10 @@ func cloneErr(e *schedulerv1.TaskError, taskID string) *schedulerv1.TaskError {
 // counts a bad piece against the parent (quarantine at
 // QuarantineBadPieces) and drops it for this child; network, refused and
 // not-found failures count against the parent for this child and replace it
-// at ParentFailureLimit; FAILURE_LOCAL is ignored. A parent much slower
-// than its siblings is replaced too.
+// at ParentFailureLimit — except "not found" for a piece the parent
+// reported holding while it still takes part in the task, which is a bad
+// piece like a failed verification; FAILURE_LOCAL is ignored. A parent
+// much slower than its siblings is replaced too.
 func (s *Scheduler) ReportPieces(hostID string, r *schedulerv1.PieceReports) {
 	s.lock()
 	defer s.unlock()
@@ -1319,7 +1321,21 @@ func (s *Scheduler) ReportPieces(hostID string, r *schedulerv1.PieceReports) {
 				}
 				s.badPieceLocked(par, p, n)
 			}
-		case schedulerv1.Failure_FAILURE_NETWORK, schedulerv1.Failure_FAILURE_REFUSED, schedulerv1.Failure_FAILURE_NOT_FOUND:
+		case schedulerv1.Failure_FAILURE_NOT_FOUND:
+			if par == nil {
+				break
+			}
+			if pp := par.peers[t.id]; pp != nil && !pp.gone && pp.admitted && !par.info.CDN && pp.bitmap.Has(n) {
+				// It told us it holds the piece and still takes part in
+				// the task (a host that drops a task leaves it first):
+				// serving "not held" for it is a lie, a bad piece.
+				replace[par.info.ID] = "piece not held"
+				s.badPieceLocked(par, p, n)
+				break
+			}
+			p.link(par.info.ID).Failures++
+			par.addFailure(now)
+		case schedulerv1.Failure_FAILURE_NETWORK, schedulerv1.Failure_FAILURE_REFUSED:
 			if par != nil {
 				p.link(par.info.ID).Failures++
 				par.addFailure(now)

@@ -1168,3 +1168,37 @@ func TestSumsVerified(t *testing.T) {
 		})
 	}
 }
+
+// A parent answering "not held" for pieces it reported holding is lying
+// (or lost them without leaving the task): each such piece is a bad
+// piece, and QuarantineBadPieces of them quarantine it. "Not found" for a
+// piece it never claimed, or after it left the task, is only a failure.
+func TestNotHeldIsBadPiece(t *testing.T) {
+	cfg := DefaultConfig()
+	e := newEnv(t, cfg, &fakeSeeder{})
+	t1, t2 := taskID(1), taskID(2)
+	e.host("liar", "")
+	e.host("gc", "")
+	e.host("kid", "")
+	e.held("liar", t1, 8)
+	e.held("gc", t2, 8)
+	e.must(e.s.Register("kid", reg(t1)))
+	nf := schedulerv1.Failure_FAILURE_NOT_FOUND
+	// Piece 9 is past the liar's held count: it never claimed it.
+	e.report("kid", t1, res("liar", 9, nf, 10))
+	e.report("kid", t1, res("liar", 0, nf, 10), res("liar", 1, nf, 10))
+	if q := e.s.Snapshot().Quarantined; len(q) != 0 {
+		t.Fatalf("quarantined after 2 not-held pieces: %v", q)
+	}
+	e.report("kid", t1, res("liar", 2, nf, 10))
+	if q := e.s.Snapshot().Quarantined; !slices.Equal(q, []string{"liar"}) {
+		t.Fatalf("quarantined = %v, want [liar]", q)
+	}
+	// A host that left the task before its files went (GC) is not blamed.
+	e.must(e.s.Register("kid", reg(t2)))
+	e.s.Leave("gc", t2)
+	e.report("kid", t2, res("gc", 0, nf, 10), res("gc", 1, nf, 10), res("gc", 2, nf, 10), res("gc", 3, nf, 10))
+	if q := e.s.Snapshot().Quarantined; !slices.Equal(q, []string{"liar"}) {
+		t.Fatalf("quarantined = %v after a host that left answered not held", q)
+	}
+}
