@@ -50,7 +50,7 @@ demo: build
 ## bench-local: loopback benchmarks (1 GiB p2p throughput, agent peak RSS, scheduler cost at 1000 peers) → table + bench-local-report.json
 bench-local:
 	@mkdir -p $(BIN)
-	$(GO) test -run '^$$' -bench 'ChooseParents1000|NeedParents1000|Register1000' -benchtime 2s -benchmem -count 1 \
+	$(GO) test -run '^$$' -bench 'ChooseParents1000|NeedParents|Register1000' -benchtime 2s -benchmem -count 1 \
 	  -timeout 5m ./scheduler/ > $(BIN)/bench-local-scheduler.txt 2>&1 || echo "scheduler benchmarks FAILED" >> $(BIN)/bench-local-scheduler.txt; \
 	  cat $(BIN)/bench-local-scheduler.txt
 	$(GO) build -o $(BIN)/bench-local ./test/bench/local

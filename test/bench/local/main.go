@@ -288,7 +288,7 @@ func buildReport(m Machine, size int64, runs int, p2p *p2pResult, rss *rssResult
 	if len(sched) > 0 {
 		objs = append(objs, map[string]any{
 			"scenario": "scheduler-1000", "hosts": 1000, "benchmarks": sched,
-			"notes": "go test -bench of ./scheduler/: ChooseParents over 1000 candidates, NeedParents with 1000 peers on one task, Register1000 = registering a whole 1000-host swarm (per op)",
+			"notes": "go test -bench of ./scheduler/: ChooseParents over 1000 candidates, NeedParents/N with N peers on one task (100, 1000, 10000), Register1000 = registering a whole 1000-host swarm (per op)",
 		})
 	}
 	return objs
