@@ -20,9 +20,8 @@ import (
 // Only stored pieces are hashed, so a failed attempt needs no rollback:
 // the hasher simply has not been told about bytes that were not stored.
 type wholeHasher struct {
-	store   piece.Store
-	taskID  string
-	started bool
+	store  piece.Store
+	taskID string
 
 	mu     sync.Mutex
 	stored int64 // content bytes stored, in order from 0
@@ -40,10 +39,7 @@ func newWholeHasher(store piece.Store, taskID string) *wholeHasher {
 
 // start runs the hasher until ctx ends, close is called and every stored
 // byte is hashed, or reading the store fails.
-func (w *wholeHasher) start(ctx context.Context) {
-	w.started = true
-	go w.run(ctx)
-}
+func (w *wholeHasher) start(ctx context.Context) { go w.run(ctx) }
 
 // advance records that the content is stored up to offset end.
 func (w *wholeHasher) advance(end int64) {
@@ -122,10 +118,6 @@ func (w *wholeHasher) hashRange(ctx context.Context, off, size int64, buf []byte
 	return nil
 }
 
-// wait returns when the hasher's goroutine has ended (after start, once its
-// context is cancelled or sum returned); at once if it never started.
-func (w *wholeHasher) wait() {
-	if w.started {
-		<-w.done
-	}
-}
+// wait returns when the hasher's goroutine has ended (start must have run;
+// it ends once its context is cancelled or sum returned).
+func (w *wholeHasher) wait() { <-w.done }

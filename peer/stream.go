@@ -139,14 +139,7 @@ func (s *Stream) Read(b []byte) (int, error) {
 		if s.cur != nil && s.pos < s.curEnd {
 			n, err := s.cur.Read(b)
 			if n > 0 {
-				if !s.decided {
-					s.decide()
-				}
-				if s.hash != nil && !s.trusted && s.t.trusted() {
-					// The supernode confirmed the digests every piece was
-					// checked against: hashing the whole again adds nothing.
-					s.trusted, s.hash = true, nil
-				}
+				s.settle()
 				if s.hash != nil {
 					s.hash.Write(b[:n])
 				}
@@ -168,6 +161,19 @@ func (s *Stream) Read(b []byte) (int, error) {
 		if err := s.next(); err != nil {
 			return 0, err
 		}
+	}
+}
+
+// settle, before bytes leave, decides how the whole digest is checked
+// (once) and drops a running hash as soon as the supernode confirmed the
+// digests every piece was checked against: hashing the whole again adds
+// nothing then.
+func (s *Stream) settle() {
+	if !s.decided {
+		s.decide()
+	}
+	if s.hash != nil && !s.trusted && s.t.trusted() {
+		s.trusted, s.hash = true, nil
 	}
 }
 
@@ -194,12 +200,7 @@ func (s *Stream) CopyTo(w io.Writer, max int64) (int64, error) {
 			return 0, err
 		}
 	}
-	if !s.decided {
-		s.decide()
-	}
-	if s.hash != nil && !s.trusted && s.t.trusted() {
-		s.trusted, s.hash = true, nil
-	}
+	s.settle()
 	lr, ok := s.cur.R.(*io.LimitedReader)
 	var f *os.File
 	if ok {

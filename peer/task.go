@@ -164,9 +164,8 @@ func (t *task) state() (meta piece.Meta, metaOK bool, have piece.Bitmap, done bo
 // trusted reports whether every stored piece was checked against digests
 // the supernode's seed confirmed, so readers need not hash the whole.
 func (t *task) trusted() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.sumsVerified && !t.unverified
+	trusted, _, _ := t.verification("")
+	return trusted
 }
 
 // verification returns trusted (see trusted), whether the supernode's seed

@@ -9,13 +9,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/pouchfly/pouchfly/internal/cliconfig"
 	"github.com/pouchfly/pouchfly/internal/errdefs"
@@ -158,28 +158,14 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 			return err
 		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	// Every server runs in the group; the first error stops them all, and
 	// the store closes only after everything that uses it has returned.
-	var wg sync.WaitGroup
-	errc := make(chan error, 4)
-	start := func(f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(); err != nil {
-				errc <- err
-				cancel()
-			}
-		}()
-	}
-	defer wg.Wait()
-	start(func() error { return p.Run(ctx) })
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return p.Run(ctx) })
 	<-p.Started()
-	start(func() error { return p.ServeAPI(ctx, cfg.Peer.Socket) })
+	g.Go(func() error { return p.ServeAPI(ctx, cfg.Peer.Socket) })
 	if mirror != nil {
-		start(func() error { return mirror.Run(ctx) })
+		g.Go(func() error { return mirror.Run(ctx) })
 	}
 	if cfg.MetricsListen != "" {
 		reg := prometheus.NewRegistry()
@@ -192,7 +178,7 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		srv := httpserver.DefaultLimits().Server(httpserver.NoBody(mux), log.With("component", "metrics"))
 		srv.Addr = cfg.MetricsListen
-		start(func() error {
+		g.Go(func() error {
 			go func() { <-ctx.Done(); srv.Close() }()
 			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("metrics: %w", err)
@@ -201,11 +187,5 @@ func runDaemon(ctx context.Context, cfg daemonConfig) error {
 		})
 	}
 	log.Info("dfget daemon started", "host", p.HostID(), "upload", p.UploadAddr(), "socket", cfg.Peer.Socket, "mirror", cfg.Mirror.Listen)
-	<-ctx.Done()
-	select {
-	case err := <-errc:
-		return err
-	default:
-		return nil
-	}
+	return g.Wait()
 }

@@ -59,11 +59,7 @@ every user of the host (ps) and stays in the shell's history.`,
   echo "$TOKEN" | pouch login -u alice --password-stdin registry.local:5000`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			server := ""
-			if len(args) == 1 {
-				server = args[0]
-			}
-			registry, err := api.NormalizeRegistry(server)
+			registry, err := registryArg(args)
 			if err != nil {
 				return err
 			}
@@ -155,11 +151,7 @@ func logoutCmd() *cobra.Command {
 ~/.pouch/config.json ($POUCH_CONFIG/config.json).`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			server := ""
-			if len(args) == 1 {
-				server = args[0]
-			}
-			registry, err := api.NormalizeRegistry(server)
+			registry, err := registryArg(args)
 			if err != nil {
 				return err
 			}
@@ -182,4 +174,14 @@ func logoutCmd() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// registryArg is the optional REGISTRY argument of login and logout,
+// normalized (docker.io when absent).
+func registryArg(args []string) (string, error) {
+	server := ""
+	if len(args) == 1 {
+		server = args[0]
+	}
+	return api.NormalizeRegistry(server)
 }

@@ -54,33 +54,39 @@ func (s *Signer) Sign(task, host string, expiry time.Time) string {
 // Verify checks tok for task at time now with public key pub and returns the
 // host it was issued to. Any failure wraps errdefs.ErrForbidden.
 func Verify(pub ed25519.PublicKey, tok, task string, now time.Time) (host string, err error) {
+	host, _, err = verify(pub, tok, task, now)
+	return host, err
+}
+
+// verify is Verify, also returning the token's expiry (unix seconds).
+func verify(pub ed25519.PublicKey, tok, task string, now time.Time) (host string, exp int64, err error) {
 	if len(pub) != ed25519.PublicKeySize {
-		return "", fmt.Errorf("no token key: %w", errdefs.ErrForbidden)
+		return "", 0, fmt.Errorf("no token key: %w", errdefs.ErrForbidden)
 	}
 	if tok == "" || len(tok) > MaxLen {
-		return "", fmt.Errorf("missing or oversized task token: %w", errdefs.ErrForbidden)
+		return "", 0, fmt.Errorf("missing or oversized task token: %w", errdefs.ErrForbidden)
 	}
 	p64, s64, ok := strings.Cut(tok, ".")
 	if !ok {
-		return "", fmt.Errorf("malformed task token: %w", errdefs.ErrForbidden)
+		return "", 0, fmt.Errorf("malformed task token: %w", errdefs.ErrForbidden)
 	}
 	payload, err1 := base64.RawURLEncoding.DecodeString(p64)
 	sig, err2 := base64.RawURLEncoding.DecodeString(s64)
 	if err1 != nil || err2 != nil || !ed25519.Verify(pub, payload, sig) {
-		return "", fmt.Errorf("bad task token signature: %w", errdefs.ErrForbidden)
+		return "", 0, fmt.Errorf("bad task token signature: %w", errdefs.ErrForbidden)
 	}
 	parts := strings.Split(string(payload), "|")
 	if len(parts) != 4 || parts[0] != "v1" {
-		return "", fmt.Errorf("malformed task token: %w", errdefs.ErrForbidden)
+		return "", 0, fmt.Errorf("malformed task token: %w", errdefs.ErrForbidden)
 	}
 	if parts[1] != task {
-		return "", fmt.Errorf("task token is for another task: %w", errdefs.ErrForbidden)
+		return "", 0, fmt.Errorf("task token is for another task: %w", errdefs.ErrForbidden)
 	}
-	exp, err := strconv.ParseInt(parts[3], 10, 64)
+	exp, err = strconv.ParseInt(parts[3], 10, 64)
 	if err != nil || now.Unix() > exp {
-		return "", fmt.Errorf("task token expired: %w", errdefs.ErrForbidden)
+		return "", 0, fmt.Errorf("task token expired: %w", errdefs.ErrForbidden)
 	}
-	return parts[2], nil
+	return parts[2], exp, nil
 }
 
 // Cache remembers tokens that verified, so an upload server checks each
@@ -103,10 +109,7 @@ const cacheSize = 4096
 
 // Verify is the package's Verify, with the signature check cached.
 func (c *Cache) Verify(pub ed25519.PublicKey, tok, task string, now time.Time) (string, error) {
-	if len(pub) != ed25519.PublicKeySize || tok == "" || len(tok) > MaxLen {
-		return Verify(pub, tok, task, now)
-	}
-	key := string(pub) + tok
+	key := string(pub) + tok // only tokens that verified are cached
 	c.mu.Lock()
 	e, ok := c.m[key]
 	c.mu.Unlock()
@@ -119,15 +122,10 @@ func (c *Cache) Verify(pub ed25519.PublicKey, tok, task string, now time.Time) (
 		}
 		return e.host, nil
 	}
-	host, err := Verify(pub, tok, task, now)
+	host, exp, err := verify(pub, tok, task, now)
 	if err != nil {
 		return "", err
 	}
-	// Verify accepted it: the payload is well formed.
-	p64, _, _ := strings.Cut(tok, ".")
-	payload, _ := base64.RawURLEncoding.DecodeString(p64)
-	parts := strings.Split(string(payload), "|")
-	exp, _ := strconv.ParseInt(parts[3], 10, 64)
 	c.mu.Lock()
 	if c.m == nil || len(c.m) >= cacheSize {
 		c.m = make(map[string]cached) // crude but bounded: tokens are short-lived

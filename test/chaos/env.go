@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"gopkg.in/yaml.v3"
@@ -133,22 +132,8 @@ func applySets(cfg any, sets map[string]string, dir string) error {
 		return nil
 	}
 	m := map[string]any{}
-	for k, s := range sets {
-		var v any
-		if err := yaml.Unmarshal([]byte(s), &v); err != nil {
-			return fmt.Errorf("%s=%q: %w", k, s, err)
-		}
-		cur := m
-		parts := strings.Split(k, ".")
-		for _, p := range parts[:len(parts)-1] {
-			sub, ok := cur[p].(map[string]any)
-			if !ok {
-				sub = map[string]any{}
-				cur[p] = sub
-			}
-			cur = sub
-		}
-		cur[parts[len(parts)-1]] = v
+	if err := testbed.ApplySets(m, sets); err != nil {
+		return err
 	}
 	b, err := yaml.Marshal(m)
 	if err != nil {
@@ -213,21 +198,4 @@ func getState(ctx context.Context, hc *http.Client, base string) (dashboard.Stat
 		return st, fmt.Errorf("supernode state: %s", resp.Status)
 	}
 	return st, json.NewDecoder(resp.Body).Decode(&st)
-}
-
-func yamlUnmarshal(b []byte, v any) error { return yaml.Unmarshal(b, v) }
-func yamlMarshal(v any) ([]byte, error)   { return yaml.Marshal(v) }
-
-// setDotted sets m[a][b]…=v for key "a.b…".
-func setDotted(m map[string]any, key string, v any) {
-	parts := strings.Split(key, ".")
-	for _, p := range parts[:len(parts)-1] {
-		sub, ok := m[p].(map[string]any)
-		if !ok {
-			sub = map[string]any{}
-			m[p] = sub
-		}
-		m = sub
-	}
-	m[parts[len(parts)-1]] = v
 }

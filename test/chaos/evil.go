@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/pouchfly/pouchfly/internal/cliconfig"
 	"github.com/pouchfly/pouchfly/internal/errdefs"
@@ -190,43 +191,23 @@ func evilAgentRole(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 4)
-	run := func(f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(); err != nil {
-				errc <- err
-				cancel()
-			}
-		}()
-	}
-	defer wg.Wait()
-	run(func() error { return p.Run(ctx) })
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return p.Run(ctx) })
 	<-p.Started()
-	run(func() error { return p.ServeAPI(ctx, cfg.Peer.Socket) })
+	g.Go(func() error { return p.ServeAPI(ctx, cfg.Peer.Socket) })
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(p.Collectors()...)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	run(func() error { return serveUntil(ctx, "tcp", cfg.MetricsListen, mux) })
+	g.Go(func() error { return serveUntil(ctx, "tcp", cfg.MetricsListen, mux) })
 	ctl := http.NewServeMux()
 	ctl.HandleFunc("POST /arm", func(w http.ResponseWriter, r *http.Request) { evil.Arm() })
 	ctl.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) { json.NewEncoder(w).Encode(evil.Stats()) })
 	sock := evilControl(*file)
 	os.Remove(sock)
-	run(func() error { return serveUntil(ctx, "unix", sock, ctl) })
+	g.Go(func() error { return serveUntil(ctx, "unix", sock, ctl) })
 	log.Warn("malicious agent up (lies once armed)", "host", p.HostID(), "control", sock)
-	<-ctx.Done()
-	select {
-	case err := <-errc:
-		return err
-	default:
-		return nil
-	}
+	return g.Wait()
 }
 
 // serveUntil serves h on network/addr until ctx ends.

@@ -82,7 +82,7 @@ func (e *TestbedEnv) Start(ctx context.Context, s Setup) (err error) {
 		BeforeAgent: func(i int, h *testbed.Host, dir string) error {
 			e.cfgs[i] = filepath.Join(dir, "dfget.yaml")
 			if len(s.HostAgent[i]) > 0 {
-				if err := addSets(e.cfgs[i], s.HostAgent[i]); err != nil {
+				if err := testbed.OverrideYAML(e.cfgs[i], s.HostAgent[i]); err != nil {
 					return err
 				}
 			}
@@ -107,30 +107,6 @@ func (e *TestbedEnv) Start(ctx context.Context, s Setup) (err error) {
 	}
 	e.pf = pf
 	return nil
-}
-
-// addSets rewrites the YAML config at path with dotted overrides.
-func addSets(path string, sets map[string]string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	m := map[string]any{}
-	if err := yamlUnmarshal(b, &m); err != nil {
-		return err
-	}
-	for k, s := range sets {
-		var v any
-		if err := yamlUnmarshal([]byte(s), &v); err != nil {
-			return fmt.Errorf("%s=%q: %w", k, s, err)
-		}
-		setDotted(m, k, v)
-	}
-	out, err := yamlMarshal(m)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, out, 0o644)
 }
 
 // Stop implements Env.

@@ -365,10 +365,10 @@ func (r *Runner) StartPouchflyWith(ctx context.Context, hosts []*Host, o Pouchfl
 	} {
 		setDotted(cfg, k, v)
 	}
-	if err := applySets(cfg, r.o.SupernodeSet); err != nil {
+	if err := ApplySets(cfg, r.o.SupernodeSet); err != nil {
 		return pf, fmt.Errorf("supernode config: %w", err)
 	}
-	if err := applySets(cfg, o.SupernodeSet); err != nil {
+	if err := ApplySets(cfg, o.SupernodeSet); err != nil {
 		return pf, fmt.Errorf("supernode config: %w", err)
 	}
 	snCfg := filepath.Join(snDir, "supernode.yaml")
@@ -398,10 +398,10 @@ func (r *Runner) StartPouchflyWith(ctx context.Context, hosts []*Host, o Pouchfl
 		} {
 			setDotted(cfg, k, v)
 		}
-		if err := applySets(cfg, r.o.AgentSet); err != nil {
+		if err := ApplySets(cfg, r.o.AgentSet); err != nil {
 			return pf, fmt.Errorf("agent config: %w", err)
 		}
-		if err := applySets(cfg, o.AgentSet); err != nil {
+		if err := ApplySets(cfg, o.AgentSet); err != nil {
 			return pf, fmt.Errorf("agent config: %w", err)
 		}
 		path := filepath.Join(dir, "dfget.yaml")
@@ -660,7 +660,9 @@ func setDotted(m map[string]any, key string, v any) {
 }
 
 // applySets applies "dotted.key" → YAML value overrides.
-func applySets(m map[string]any, sets map[string]string) error {
+// ApplySets sets each dotted key of sets ("peer.max_parallel_pieces") in
+// the nested map m, its value parsed as YAML.
+func ApplySets(m map[string]any, sets map[string]string) error {
 	for k, s := range sets {
 		var v any
 		if err := yaml.Unmarshal([]byte(s), &v); err != nil {
@@ -669,6 +671,26 @@ func applySets(m map[string]any, sets map[string]string) error {
 		setDotted(m, k, v)
 	}
 	return nil
+}
+
+// OverrideYAML rewrites the YAML file at path with sets applied (ApplySets).
+func OverrideYAML(path string, sets map[string]string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	m := map[string]any{}
+	if err := yaml.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	if err := ApplySets(m, sets); err != nil {
+		return err
+	}
+	out, err := yaml.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, out, 0o644)
 }
 
 func writeYAML(path string, v any) error {

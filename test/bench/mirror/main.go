@@ -152,7 +152,7 @@ func main() {
 	out = append(out, mc.result("mirror-vs-direct", n, len(cold),
 		"one host, uncapped loopback, both clients hash the blob"+clientNote()+"; mirror cold (CDN seeds while the host streams); median of per-run ratios"))
 	out = append(out, mw.result("mirror-vs-direct-warm", n, len(warm),
-		"second host: the blob comes from the first host's upload server; median of per-run ratios"))
+		"second host: the blob comes from the first host's upload server; the client hashes the blob"+clientNote()+"; median of per-run ratios"))
 
 	fmt.Printf("%-18s %s\n", "scenario", "figures")
 	fmt.Printf("%-18s p50 %.1f ms, p99 %.1f ms over %d blobs (target p50 < 50 ms: %v)\n", "mirror-ttfb", p50, p99, len(ds), p50 < 50)
