@@ -84,10 +84,12 @@ func TestStreaming(t *testing.T) {
 	blob := randBlob(2, 3*mib)
 	ps := int(piece.SizeFor(int64(len(blob))))
 	release := make(chan struct{})
+	flushed := make(chan struct{}) // the handler's count of piece 0 is final
 	o := newOrigin(t, "", func(w http.ResponseWriter, r *http.Request, _ int) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
 		w.Write(blob[:ps])
 		w.(http.Flusher).Flush()
+		close(flushed)
 		select {
 		case <-release:
 		case <-r.Context().Done():
@@ -105,6 +107,9 @@ func TestStreaming(t *testing.T) {
 	if evs := h.rep.of(task); len(evs) != 2 {
 		t.Fatalf("before release: events %v, want meta, piece0", kinds(evs))
 	}
+	// The client can store piece 0 before the handler's Write returns and is
+	// counted, so wait for the count to settle.
+	<-flushed
 	if o.bytes.Load() != int64(ps) {
 		t.Fatalf("origin sent %d bytes before release", o.bytes.Load())
 	}
