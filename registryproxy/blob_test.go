@@ -50,13 +50,13 @@ func TestBlob(t *testing.T) {
 	if n := e.reg.count("HEAD", "/blobs/"+d); n < 1 {
 		t.Errorf("no upstream HEAD check")
 	}
-	if v := metricValue(e.m.metrics.blobBytes); v != 2*float64(len(data)) {
+	if v := settled(e.m.metrics.blobBytes, 2*float64(len(data))); v != 2*float64(len(data)) {
 		t.Errorf("blob bytes metric %v", v)
 	}
-	if v := metricValue(e.m.metrics.firstByte); v != 2 {
+	if v := settled(e.m.metrics.firstByte, 2); v != 2 {
 		t.Errorf("first-byte observations %v", v)
 	}
-	if v := metricValue(e.m.metrics.requests.WithLabelValues(kindBlob, "200")); v != 3 {
+	if v := settled(e.m.metrics.requests.WithLabelValues(kindBlob, "200"), 3); v != 3 {
 		t.Errorf("blob 200s counted %v", v)
 	}
 
@@ -196,7 +196,7 @@ func TestCorruptBlobBreaksConnection(t *testing.T) {
 	if got := int64(len(head) + len(rest)); got >= int64(len(data)) {
 		t.Errorf("the client got all %d bytes", got)
 	}
-	if v := metricValue(e.m.metrics.aborted); v != 1 {
+	if v := settled(e.m.metrics.aborted, 1); v != 1 {
 		t.Errorf("aborted metric %v", v)
 	}
 	// Nothing of the bad copy is kept as content: the agent holds no
@@ -304,7 +304,7 @@ func TestBlobCheckCache(t *testing.T) {
 	if heads() != 5 {
 		t.Errorf("expired check reused")
 	}
-	if v := metricValue(m.metrics.headCache.WithLabelValues("hit")); v != 2 {
+	if v := settled(m.metrics.headCache.WithLabelValues("hit"), 2); v != 2 {
 		t.Errorf("hit metric %v", v)
 	}
 }

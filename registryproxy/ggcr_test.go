@@ -67,7 +67,7 @@ func TestGoContainerRegistryPull(t *testing.T) {
 	if got, _ := pulled.Digest(); got != want {
 		t.Fatalf("digest %s, want %s", got, want)
 	}
-	if n := metricValue(m.metrics.requests.WithLabelValues(kindBlob, "200")); n < 4 {
+	if n := settled(m.metrics.requests.WithLabelValues(kindBlob, "200"), 4); n < 4 {
 		t.Errorf("blob GETs through the mirror: %v", n)
 	}
 	for _, r := range reg.requests() {

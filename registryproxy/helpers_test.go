@@ -191,6 +191,20 @@ func wantOCI(t testing.TB, what string, a answer, status int, code string) {
 func x509MarshalKey(k any) ([]byte, error) { return x509.MarshalPKCS8PrivateKey(k) }
 
 // metricValue reads a counter's (or a histogram's sample count) value.
+// settled returns m's value once it reaches want, or its last value after 5 s.
+// A handler counts its request after the response is written, so a client
+// can read the whole answer before the count moves.
+func settled(m prometheus.Metric, want float64) float64 {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		v := metricValue(m)
+		if v >= want || time.Now().After(deadline) {
+			return v
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func metricValue(m prometheus.Metric) float64 {
 	var pb dto.Metric
 	if err := m.Write(&pb); err != nil {

@@ -104,10 +104,10 @@ func TestManifest(t *testing.T) {
 		t.Errorf("other repository got %d", a.status)
 	}
 	wantOCI(t, "unknown tag", do(t, "GET", e.url+"/v2/library/app/manifests/nope"), 404, "MANIFEST_UNKNOWN")
-	if hits := metricValue(e.m.metrics.manifestCache.WithLabelValues("hit")); hits < 3 {
+	if hits := settled(e.m.metrics.manifestCache.WithLabelValues("hit"), 3); hits < 3 {
 		t.Errorf("manifest cache hits %v", hits)
 	}
-	if n := metricValue(e.m.metrics.requests.WithLabelValues(kindManifest, "200")); n < 6 {
+	if n := settled(e.m.metrics.requests.WithLabelValues(kindManifest, "200"), 6); n < 6 {
 		t.Errorf("manifest requests counted %v", n)
 	}
 }
