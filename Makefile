@@ -79,11 +79,11 @@ bench: build
 	  --command "make bench $(MAKEOVERRIDES)" $(BENCH_ARGS)
 
 ## chaos: the chaos suite on the multi-host testbed (root, issue #7): agents and the supernode SIGKILLed
-## and restarted, a malicious host, origin 5xx/resets/stalls, a full disk (tmpfs), 1000 concurrent requests,
+## and restarted, a malicious host, a trickling host, origin 5xx/resets/stalls, a full disk (tmpfs), 1000 concurrent requests,
 ## on CHAOS_HOSTS hosts with tc tbf caps → chaos-report.json (§5 objects + figures + checks) and a table.
 ## The loopback variant of the same scenarios runs in `make test` (go test ./test/chaos).
 CHAOS_HOSTS     ?= 16
-CHAOS_SCENARIOS ?= kill,supernode,malicious,origin,disk,requests
+CHAOS_SCENARIOS ?= kill,supernode,malicious,trickler,origin,disk,requests
 CHAOS_TIMEOUT   ?= 30m
 CHAOS_FLAGS     ?=
 chaos: build

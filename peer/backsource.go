@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/pouchfly/pouchfly/internal/errdefs"
 	"github.com/pouchfly/pouchfly/piece"
@@ -200,8 +201,8 @@ func (t *task) backSourceRun(ctx context.Context, metaOK bool, meta piece.Meta, 
 				_, err = io.Copy(io.Discard, lr)
 			}
 		}
-		t.p.metrics.bytes.WithLabelValues("origin").Add(float64(lr.n))
-		pos += lr.n
+		t.p.metrics.bytes.WithLabelValues("origin").Add(float64(lr.n.Load()))
+		pos += lr.n.Load()
 		if err != nil {
 			if errors.Is(err, errdefs.ErrNoSpace) {
 				return &TaskError{Class: errdefs.ErrNoSpace, Msg: fmt.Sprintf("local store full: %v", err)}
@@ -214,11 +215,11 @@ func (t *task) backSourceRun(ctx context.Context, metaOK bool, meta piece.Meta, 
 		if !taken {
 			t.mu.Lock()
 			t.have.Set(n)
-			t.received["origin"] += lr.n
+			t.received["origin"] += lr.n.Load()
 			t.notify()
 			t.mu.Unlock()
 		}
-		if meta.ContentLength < 0 && lr.n < size {
+		if meta.ContentLength < 0 && lr.n.Load() < size {
 			break
 		}
 	}
@@ -265,14 +266,15 @@ func parseContentRange(v string) (start, total int64, ok bool) {
 	return start, total, true
 }
 
-// countingReader counts bytes read.
+// countingReader counts bytes read; the count may be read while the
+// reader runs (the slow-piece check).
 type countingReader struct {
 	r io.Reader
-	n int64
+	n atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }

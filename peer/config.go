@@ -61,6 +61,17 @@ type Config struct {
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	// PieceTimeout bounds one piece download.
 	PieceTimeout time.Duration `yaml:"piece_timeout"`
+	// SlowPieceRate and SlowPieceGrace catch a parent that trickles: a
+	// piece download from a peer that has run for SlowPieceGrace at under
+	// SlowPieceRate bytes/s, and at under a tenth of the rate this task's
+	// recent pieces came at, is cancelled and reported as a slow piece.
+	// Both bounds must hold, so a host whose own link is slow does not
+	// blame its parents. The supernode counts a slow piece like a corrupt
+	// one (quarantine after quarantine_bad_pieces) only when the parent
+	// delivered nothing to anyone meanwhile, so a busy parent is only
+	// replaced. 0 rate: off.
+	SlowPieceRate  units.Bytes   `yaml:"slow_piece_rate"`
+	SlowPieceGrace time.Duration `yaml:"slow_piece_grace"`
 	// TaskTimeout bounds a whole task.
 	TaskTimeout time.Duration `yaml:"task_timeout"`
 	// SupernodeWait is how long a task waits for a supernode session before
@@ -111,6 +122,8 @@ func DefaultConfig() Config {
 		CDNParallelPieces: 2,
 		HeartbeatInterval: 5 * time.Second,
 		PieceTimeout:      60 * time.Second,
+		SlowPieceRate:     32 << 10,
+		SlowPieceGrace:    2 * time.Second,
 		TaskTimeout:       time.Hour,
 		SupernodeWait:     5 * time.Second,
 		StallTimeout:      60 * time.Second,
@@ -151,6 +164,8 @@ func (c Config) Validate() error {
 		return bad("max_parallel_pieces must be 1..256")
 	case c.PerParentPieces < 1 || c.CDNParallelPieces < 1:
 		return bad("per_parent_pieces and cdn_parallel_pieces must be ≥ 1")
+	case c.SlowPieceRate < 0 || c.SlowPieceRate > 0 && c.SlowPieceGrace <= 0:
+		return bad("slow_piece_rate must not be negative, slow_piece_grace > 0 with a rate")
 	case c.PieceTimeout <= 0 || c.TaskTimeout <= 0 || c.SupernodeWait <= 0 || c.StallTimeout <= 0 || c.HeartbeatInterval <= 0:
 		return bad("timeouts must be positive")
 	case c.UploadRate < 0 || c.DownloadRate < 0 || c.DiskLimit < 0:

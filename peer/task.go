@@ -114,7 +114,9 @@ type task struct {
 	storedSums   [][]byte // digests of pieces kept from an earlier run
 	token        string
 	parents      map[string]*parentState
-	inflight     map[int]map[string]context.CancelFunc
+	inflight     map[int]map[string]*fetching
+	recentRates  []float64 // bytes/s of the last pieces from peers (ring)
+	recentNext   int
 	reports      []*schedulerv1.PieceResult
 	backSource   bool
 	bsDone       chan error
@@ -143,7 +145,7 @@ func newTask(p *Peer, id string, req Request) *task {
 		changed:  make(chan struct{}),
 		received: map[string]int64{},
 		parents:  map[string]*parentState{},
-		inflight: map[int]map[string]context.CancelFunc{},
+		inflight: map[int]map[string]*fetching{},
 		rng:      rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
 }
@@ -193,10 +195,11 @@ func (t *task) run(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, t.p.cfg.TaskTimeout)
 	defer cancel()
 	err := t.loop(ctx)
-	// Stop every piece download still running.
-	for _, fs := range t.inflight {
-		for _, c := range fs {
-			c()
+	// Stop every piece download still running (reporting the trickles).
+	now := time.Now()
+	for n, fs := range t.inflight {
+		for id, f := range fs {
+			t.stopCopy(n, id, f, now)
 		}
 	}
 	t.flushReports()
@@ -321,8 +324,9 @@ func (t *task) loop(ctx context.Context) error {
 	}
 }
 
-// tick runs four times a second: supernode loss and stalls; with refresh
-// (once a second) it also asks for a fresh parent set.
+// tick runs four times a second: supernode loss, stalls and trickling
+// parents; with refresh (once a second) it also asks for a fresh parent
+// set.
 func (t *task) tick(ctx context.Context, refresh bool) error {
 	if !t.downSince.IsZero() && time.Since(t.downSince) >= t.p.cfg.SupernodeWait && !t.backSource {
 		if t.backSourceAllowed() {
@@ -348,6 +352,7 @@ func (t *task) tick(ctx context.Context, refresh bool) error {
 	if time.Since(t.lastProgress) > t.p.cfg.StallTimeout {
 		return &TaskError{Class: errdefs.ErrUnavailable, Msg: fmt.Sprintf("task %s: no progress for %s", t.id, t.p.cfg.StallTimeout)}
 	}
+	t.checkSlow()
 	return nil
 }
 
@@ -708,7 +713,7 @@ func (t *task) inflightPieces() int { return len(t.inflight) }
 
 // pickParent chooses a parent holding piece n with spare capacity, not in
 // exclude: peers before the CDN, then the least busy, then the fastest.
-func (t *task) pickParent(n int, exclude map[string]context.CancelFunc) *parentState {
+func (t *task) pickParent(n int, exclude map[string]*fetching) *parentState {
 	var best *parentState
 	cdnCap := t.p.cfg.PerParentPieces
 	for _, ps := range t.parents {
@@ -755,28 +760,42 @@ func (p *parentState) rate() float64 {
 	return float64(p.bytes) / p.busy.Seconds()
 }
 
+// fetching is a piece download in flight.
+type fetching struct {
+	cancel context.CancelCauseFunc
+	start  time.Time
+	cdn    bool
+	read   countingReader // bytes of the piece body read so far
+}
+
+// errSlowPiece is the cause of a download cancelled by checkSlow.
+var errSlowPiece = errors.New("the parent trickled the piece")
+
 // fetch downloads piece n from ps in a goroutine; the result comes back on
 // t.results.
 func (t *task) fetch(ctx context.Context, n int, ps *parentState) {
-	fctx, cancel := context.WithTimeout(ctx, t.p.cfg.PieceTimeout)
+	cctx, cancel := context.WithCancelCause(ctx)
+	fctx, stop := context.WithTimeout(cctx, t.p.cfg.PieceTimeout)
+	f := &fetching{cancel: cancel, start: time.Now(), cdn: ps.cdn}
 	if t.inflight[n] == nil {
-		t.inflight[n] = map[string]context.CancelFunc{}
+		t.inflight[n] = map[string]*fetching{}
 	}
-	t.inflight[n][ps.id] = cancel
+	t.inflight[n][ps.id] = f
 	ps.inflight++
 	sum, addr, token, cdn, id := t.sums[n], ps.addr, t.token, ps.cdn, ps.id
 	go func() {
-		defer cancel()
-		start := time.Now()
-		var written int64
+		defer cancel(nil)
+		defer stop()
 		body, _, err := t.p.fetchPiece(fctx, addr, t.id, n, token)
 		if err == nil {
-			cr := &countingReader{r: t.p.limitDownload(fctx, body)}
-			_, err = t.p.store.WritePiece(fctx, t.id, n, cr, sum)
-			written = cr.n
+			f.read.r = t.p.limitDownload(fctx, body)
+			_, err = t.p.store.WritePiece(fctx, t.id, n, &f.read, sum)
 			body.Close()
 		}
-		r := pieceResult{n: n, parent: id, err: err, bytes: written, cost: time.Since(start), cdn: cdn}
+		if err != nil && errors.Is(context.Cause(cctx), errSlowPiece) {
+			err = fmt.Errorf("piece %d from %s: %w after %d bytes in %s", n, id, errSlowPiece, f.read.n.Load(), time.Since(f.start).Round(time.Millisecond))
+		}
+		r := pieceResult{n: n, parent: id, err: err, bytes: f.read.n.Load(), cost: time.Since(f.start), cdn: cdn}
 		select {
 		case t.results <- r:
 		case <-ctx.Done():
@@ -807,9 +826,10 @@ func (t *task) handleResult(r pieceResult) error {
 		return nil // another copy of the piece landed first: nothing moved
 	}
 	if r.err == nil {
-		// Stop the other copies of this piece.
-		for _, c := range fs {
-			c()
+		// Stop the other copies of this piece (reporting the trickles).
+		now := time.Now()
+		for id, f := range fs {
+			t.stopCopy(r.n, id, f, now)
 		}
 		t.lastProgress = time.Now()
 		src := "peer"
@@ -818,6 +838,9 @@ func (t *task) handleResult(r pieceResult) error {
 		}
 		t.p.metrics.bytes.WithLabelValues(src).Add(float64(r.bytes))
 		t.p.metrics.pieceSeconds.Observe(r.cost.Seconds())
+		if !r.cdn {
+			t.notePace(r.bytes, r.cost)
+		}
 		if ps != nil {
 			ps.bytes += r.bytes
 			ps.busy += r.cost
@@ -859,6 +882,11 @@ func (t *task) handleResult(r pieceResult) error {
 	case schedulerv1.Failure_FAILURE_VERIFY:
 		t.log.Warn("parent sent a corrupt piece", "peer", r.parent, "piece", r.n, "err", r.err)
 		drop = true
+	case schedulerv1.Failure_FAILURE_SLOW:
+		// A trickler, or a parent whose uploads queue far behind the
+		// others': the supernode tells them apart (ReportPieces).
+		t.log.Info("parent too slow for a piece, dropped", "peer", r.parent, "piece", r.n, "err", r.err)
+		drop = true
 	case schedulerv1.Failure_FAILURE_NOT_FOUND:
 		ps.bitmap.Clear(r.n)
 	case schedulerv1.Failure_FAILURE_LOCAL:
@@ -879,8 +907,75 @@ func (t *task) handleResult(r pieceResult) error {
 	return nil
 }
 
+// checkSlow cancels downloads from peers that trickle (see
+// Config.SlowPieceRate); their results report FAILURE_SLOW.
+func (t *task) checkSlow() {
+	now := time.Now()
+	for _, fs := range t.inflight {
+		for _, f := range fs {
+			if t.trickling(f, now, t.p.cfg.SlowPieceGrace) {
+				f.cancel(errSlowPiece)
+			}
+		}
+	}
+}
+
+// trickling reports whether download f from a peer has run for minAge at
+// under slow_piece_rate and under a tenth of the task's pace (the median
+// rate of its last pieces from peers; without enough of them, no verdict).
+func (t *task) trickling(f *fetching, now time.Time, minAge time.Duration) bool {
+	floor := float64(t.p.cfg.SlowPieceRate)
+	age := now.Sub(f.start)
+	if floor <= 0 || f.cdn || age < minAge || len(t.recentRates) < slowBaselinePieces/2 {
+		return false
+	}
+	rate := float64(f.read.n.Load()) / age.Seconds()
+	return rate < floor && rate < median(t.recentRates)/10
+}
+
+// stopCopy cancels download f of piece n from parent id, which is no
+// longer needed (another copy won, or the task ends). A trickle caught
+// this way, past a quarter of slow_piece_grace, is reported as
+// FAILURE_SLOW all the same: a trickler asked only near the end of a
+// download would otherwise never be reported.
+func (t *task) stopCopy(n int, id string, f *fetching, now time.Time) {
+	if t.trickling(f, now, t.p.cfg.SlowPieceGrace/4) {
+		age := now.Sub(f.start)
+		t.log.Debug("a cancelled copy was trickling", "peer", id, "piece", n, "bytes", f.read.n.Load(), "after", age.Round(time.Millisecond))
+		t.reports = append(t.reports, &schedulerv1.PieceResult{Piece: uint32(n), ParentId: id, Failure: schedulerv1.Failure_FAILURE_SLOW,
+			Bytes: uint64(f.read.n.Load()), CostMs: uint32(age.Milliseconds())})
+		t.p.metrics.pieceFailures.WithLabelValues(schedulerv1.Failure_FAILURE_SLOW.String()).Inc()
+	}
+	f.cancel(context.Canceled)
+}
+
+// slowBaselinePieces is how many recent piece rates make a task's pace.
+const slowBaselinePieces = 16
+
+// notePace records a piece's rate from a peer for checkSlow.
+func (t *task) notePace(bytes int64, cost time.Duration) {
+	if bytes <= 0 || cost <= 0 {
+		return
+	}
+	r := float64(bytes) / cost.Seconds()
+	if len(t.recentRates) < slowBaselinePieces {
+		t.recentRates = append(t.recentRates, r)
+		return
+	}
+	t.recentRates[t.recentNext] = r
+	t.recentNext = (t.recentNext + 1) % slowBaselinePieces
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
 func classify(err error) schedulerv1.Failure {
 	switch {
+	case errors.Is(err, errSlowPiece):
+		return schedulerv1.Failure_FAILURE_SLOW
 	case errors.Is(err, errdefs.ErrDigestMismatch), errors.Is(err, errdefs.ErrInvalid):
 		return schedulerv1.Failure_FAILURE_VERIFY
 	case errors.Is(err, errdefs.ErrNoSpace):

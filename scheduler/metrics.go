@@ -29,12 +29,16 @@ type Metrics struct {
 	// CDNGrants counts pieces the CDN handed to a host (super-seeding): a
 	// few per piece of content, whatever the swarm's size.
 	CDNGrants prometheus.Counter
+	// SlowPieces counts trickled pieces reported (FAILURE_SLOW), by
+	// verdict: "bad" (counted toward quarantine) or "excused" (the parent
+	// was busy delivering to others, or the reporter was stalled itself).
+	SlowPieces *prometheus.CounterVec
 }
 
 // NewMetrics returns unregistered collectors.
 func NewMetrics() *Metrics {
 	const ns, sub = "pouchfly", "scheduler"
-	return &Metrics{
+	m := &Metrics{
 		Decision: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "decision_seconds",
 			Help:    "Time of one parent choice.",
@@ -67,11 +71,18 @@ func NewMetrics() *Metrics {
 		CDNGrants: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "cdn_grants_total", Help: "Pieces the CDN handed to a host (super-seeding).",
 		}),
+		SlowPieces: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "slow_pieces_total", Help: "Trickled pieces reported, by verdict (bad: counted toward quarantine; excused).",
+		}, []string{"verdict"}),
 	}
+	for _, v := range []string{"bad", "excused"} {
+		m.SlowPieces.WithLabelValues(v) // exported at 0 from the start
+	}
+	return m
 }
 
 // Collectors returns every collector, for prometheus.Registerer.MustRegister.
 func (m *Metrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.Decision, m.Hosts, m.Tasks, m.Quarantines, m.BackToSource,
-		m.Seeds, m.SeedFailures, m.Reparents, m.BytesReported, m.CDNGrants}
+		m.Seeds, m.SeedFailures, m.Reparents, m.BytesReported, m.CDNGrants, m.SlowPieces}
 }

@@ -1253,7 +1253,9 @@ func cloneErr(e *schedulerv1.TaskError, taskID string) *schedulerv1.TaskError {
 // ReportPieces records a batch of piece outcomes of hostID. Successes set
 // bits, update the parent's measured throughput and byte counters, and are
 // forwarded to the reporter's children as PieceAvailable. FAILURE_VERIFY
-// counts a bad piece against the parent (quarantine at
+// counts a bad piece against the parent, and so does FAILURE_SLOW (a
+// trickled piece) when the parent delivered nothing to anyone during that
+// download while the reporter received other pieces (quarantine at
 // QuarantineBadPieces) and drops it for this child; network, refused and
 // not-found failures count against the parent for this child and replace it
 // at ParentFailureLimit — except "not found" for a piece the parent
@@ -1281,6 +1283,16 @@ func (s *Scheduler) ReportPieces(hostID string, r *schedulerv1.PieceReports) {
 	results := r.Results
 	if len(results) > MaxReportBatch {
 		results = results[:MaxReportBatch]
+	}
+	// Deliveries first, so that a slow piece in the same batch is judged
+	// with them.
+	for _, res := range results {
+		if res.GetFailure() == schedulerv1.Failure_FAILURE_NONE && res.GetBytes() > 0 {
+			h.lastReceived = now
+			if par := s.hosts[res.GetParentId()]; par != nil && par != h {
+				par.lastServed = now
+			}
+		}
 	}
 	for _, res := range results {
 		n := int(res.GetPiece())
@@ -1321,6 +1333,26 @@ func (s *Scheduler) ReportPieces(hostID string, r *schedulerv1.PieceReports) {
 				}
 				s.badPieceLocked(par, p, n)
 			}
+		case schedulerv1.Failure_FAILURE_SLOW:
+			if par == nil || par.info.CDN {
+				break
+			}
+			// A trickler delivers nothing to anyone while the reporter
+			// gets its other pieces. A parent that delivered meanwhile is
+			// busy (its uploads queue behind its rate limit), and a
+			// reporter that received nothing is itself stalled: neither
+			// is a bad piece, nor a failure (the reporter asks for other
+			// parents itself when it gave up on one).
+			started := now.Add(-time.Duration(res.GetCostMs()) * time.Millisecond)
+			if busy, stalled := par.lastServed.After(started), !h.lastReceived.After(started); busy || stalled {
+				s.metrics.SlowPieces.WithLabelValues("excused").Inc()
+				s.log.Debug("slow piece excused", "task", t.id, "peer", hostID, "parent", par.info.ID, "piece", n,
+					"parent_delivered_meanwhile", busy, "reporter_stalled", stalled)
+				break
+			}
+			replace[par.info.ID] = "slow piece"
+			s.metrics.SlowPieces.WithLabelValues("bad").Inc()
+			s.badPieceLocked(par, p, n)
 		case schedulerv1.Failure_FAILURE_NOT_FOUND:
 			if par == nil {
 				break

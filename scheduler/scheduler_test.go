@@ -11,6 +11,9 @@ import (
 	"time"
 
 	schedulerv1 "github.com/pouchfly/pouchfly/api/scheduler/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/pouchfly/pouchfly/internal/errdefs"
 	"github.com/pouchfly/pouchfly/internal/tasktoken"
 )
@@ -20,6 +23,7 @@ const (
 	vVerify  = schedulerv1.Failure_FAILURE_VERIFY
 	vNetwork = schedulerv1.Failure_FAILURE_NETWORK
 	vLocal   = schedulerv1.Failure_FAILURE_LOCAL
+	vSlow    = schedulerv1.Failure_FAILURE_SLOW
 )
 
 func TestRegisterSeedsAndAnswers(t *testing.T) {
@@ -305,9 +309,16 @@ func TestQuarantineAcrossTasks(t *testing.T) {
 
 // Exactly QuarantineBadPieces bad pieces quarantine (table over the
 // threshold).
+// TestQuarantineThreshold: corrupt pieces and trickled ones (FAILURE_SLOW)
+// alike quarantine a host at QuarantineBadPieces, and each drops it as
+// the reporter's parent at once.
 func TestQuarantineThreshold(t *testing.T) {
-	for _, thr := range []int{1, 3, 5} {
-		t.Run(fmt.Sprint(thr), func(t *testing.T) {
+	for _, c := range []struct {
+		thr  int
+		kind schedulerv1.Failure
+	}{{1, vVerify}, {3, vVerify}, {5, vVerify}, {3, vSlow}} {
+		thr := c.thr
+		t.Run(fmt.Sprint(c.kind, thr), func(t *testing.T) {
 			cfg := DefaultConfig()
 			cfg.QuarantineBadPieces = thr
 			e := newEnv(t, cfg, nil)
@@ -319,13 +330,106 @@ func TestQuarantineThreshold(t *testing.T) {
 				if q := e.s.Snapshot().Quarantined; len(q) != 0 {
 					t.Fatalf("quarantined after %d bad pieces", n)
 				}
-				e.report("kid", taskID(1), res("bad", n, vVerify, 10))
+				e.rec.take("kid")
+				if c.kind == vSlow {
+					// The kid gets its other pieces meanwhile (from the
+					// origin here), or the slow piece would be excused.
+					e.clk.Advance(3 * time.Second)
+					e.report("kid", taskID(1), res("", 9-n, vNone, 10))
+				}
+				e.report("kid", taskID(1), res("bad", n, c.kind, 2000))
+				if got := lastParents(t, e.rec.take("kid")); contains(got, "bad") {
+					t.Fatalf("after a bad piece the kid still has it as a parent: %v", got)
+				}
 			}
 			if q := e.s.Snapshot().Quarantined; len(q) != 1 {
 				t.Fatalf("not quarantined after %d bad pieces", thr)
 			}
 		})
 	}
+}
+
+// TestSlowPieceJudgement: a slow piece counts against a parent only if the
+// parent delivered nothing to anyone while the reporter received other
+// pieces: a busy parent (uploads queued behind its rate limit) and a
+// stalled reporter are excused (no bad piece, no failure, no
+// replacement).
+func TestSlowPieceJudgement(t *testing.T) {
+	e := newEnv(t, DefaultConfig(), nil)
+	task := taskID(4)
+	for _, h := range []string{"busy", "trickler", "kid", "other"} {
+		e.host(h, "")
+	}
+	e.held("busy", task, 16)
+	e.held("trickler", task, 16)
+	e.must(e.s.Register("kid", reg(task)))
+	e.must(e.s.Register("other", reg(task)))
+	bad := func(id string) int {
+		for _, h := range e.s.Snapshot().Hosts {
+			if h.ID == id {
+				return h.BadPieces
+			}
+		}
+		t.Fatalf("no host %s", id)
+		return 0
+	}
+	// slow reports a slow piece; a bad one also replaces the parent (an
+	// excused one is no failure: the kid asks for parents itself).
+	slow := func(parent string, n int, isBad bool) {
+		t.Helper()
+		e.rec.take("kid")
+		e.report("kid", task, res(parent, n, vSlow, 2000))
+		replaced := false
+		for _, pk := range e.rec.take("kid") {
+			if ps := pk.GetParents(); ps != nil {
+				replaced = true
+				for _, q := range ps.Parents {
+					if q.HostId == parent {
+						replaced = false
+					}
+				}
+			}
+		}
+		if replaced != isBad {
+			t.Fatalf("slow piece from %s: replaced %v, want %v", parent, replaced, isBad)
+		}
+	}
+
+	// The kid is stalled itself: it received nothing during the download.
+	e.clk.Advance(5 * time.Second)
+	slow("trickler", 0, false)
+	if bad("trickler") != 0 {
+		t.Fatal("a stalled reporter's slow piece was counted")
+	}
+	// "busy" delivered a piece to "other" during the kid's download.
+	e.clk.Advance(5 * time.Second)
+	e.report("kid", task, res("", 10, vNone, 10))
+	e.report("other", task, res("busy", 11, vNone, 10))
+	slow("busy", 1, false)
+	if bad("busy") != 0 {
+		t.Fatal("a busy parent's slow piece was counted")
+	}
+	// The trickler delivered nothing, the kid got other pieces: bad.
+	e.clk.Advance(5 * time.Second)
+	e.report("kid", task, res("", 12, vNone, 10))
+	slow("trickler", 2, true)
+	if bad("trickler") != 1 {
+		t.Fatalf("trickler has %d bad pieces, want 1", bad("trickler"))
+	}
+	if v := counterValue(e.s.metrics.SlowPieces.WithLabelValues("excused")); v != 2 {
+		t.Errorf("excused slow pieces metric %v, want 2", v)
+	}
+	if v := counterValue(e.s.metrics.SlowPieces.WithLabelValues("bad")); v != 1 {
+		t.Errorf("bad slow pieces metric %v, want 1", v)
+	}
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
 }
 
 func TestReparentOnNetworkFailures(t *testing.T) {

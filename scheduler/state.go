@@ -31,6 +31,11 @@ type host struct {
 	quarantined   bool
 
 	bytesServed, bytesReceived uint64
+	// lastServed and lastReceived are when a report last said this host
+	// delivered a piece (as a parent) and received one (as a child): a
+	// slow piece counts against a parent only if it delivered nothing to
+	// anyone while the reporter received from others (ReportPieces).
+	lastServed, lastReceived time.Time
 }
 
 const failHalfLife = 30 * time.Second

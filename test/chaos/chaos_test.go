@@ -3,6 +3,7 @@ package chaos
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,6 +41,15 @@ func runLoopback(t *testing.T, short string) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	dir := t.TempDir()
 	env := &LoopbackEnv{Dir: dir, Hosts: 16, HostRate: loopbackHostRate, OriginRate: loopbackOriginRate}
+	if path := os.Getenv("POUCHFLY_CHAOS_LOG"); path != "" {
+		// The cluster's logs, for a failure's post-mortem.
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		env.Logger = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
 	p := LoopbackProfile()
 	ctx, cancel := context.WithTimeout(context.Background(), p.Timeout+30*time.Second)
 	defer cancel()
@@ -104,6 +114,7 @@ func scenarioByShort(short string) (Scenario, bool) {
 func TestKillRestart(t *testing.T)      { runLoopback(t, "kill") }
 func TestSupernodeRestart(t *testing.T) { runLoopback(t, "supernode") }
 func TestMaliciousHost(t *testing.T)    { runLoopback(t, "malicious") }
+func TestTricklingHost(t *testing.T)    { runLoopback(t, "trickler") }
 func TestOriginFaults(t *testing.T)     { runLoopback(t, "origin") }
 func TestDiskFull(t *testing.T)         { runLoopback(t, "disk") }
 func TestThousandRequests(t *testing.T) { runLoopback(t, "requests") }

@@ -13,6 +13,7 @@
 //	kill       a quarter of the hosts SIGKILLed at random points of a download and restarted
 //	supernode  the supernode SIGKILLed mid-transfer and restarted past the agents' supernode_wait
 //	malicious  a host serving flipped bytes, half pieces, trickles and "not held" (EvilStore)
+//	trickler   a host serving only trickles (peer.slow_piece_*: quarantined like a liar)
 //	origin     the origin answering 5xx, resetting mid-body, stalling, and never recovering
 //	disk       a host whose data directory is a small tmpfs (root)
 //	requests   1000 concurrent requests through the agents' local APIs, supernode RPC p99

@@ -70,9 +70,9 @@ type Env interface {
 	SetOriginFault(ctx context.Context, f origin.Fault) error
 	// OriginLog is the file requests since Start, oldest first.
 	OriginLog(ctx context.Context) ([]origin.Record, error)
-	// ArmEvil makes a malicious host (Setup.Evil) start lying; EvilStats
-	// counts its lies.
-	ArmEvil(ctx context.Context, host int) error
+	// ArmEvil makes a malicious host (Setup.Evil) start lying, with modes
+	// in turn (Bad*; none: every one); EvilStats counts its lies.
+	ArmEvil(ctx context.Context, host int, modes ...string) error
 	EvilStats(ctx context.Context, host int) (EvilStats, error)
 }
 

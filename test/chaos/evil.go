@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,7 +30,7 @@ import (
 )
 
 // The malicious host's misbehaviours, in the order it cycles through them
-// (one per piece request once armed).
+// (one per piece request once armed; Arm can pick some of them).
 const (
 	// BadCorrupt serves the piece with one byte flipped.
 	BadCorrupt = "corrupt"
@@ -53,6 +55,7 @@ const EvilTrickleRate = 8 << 10
 type EvilStore struct {
 	piece.Store
 	armed  atomic.Bool
+	modes  atomic.Pointer[[]string] // the cycle, set by Arm
 	seq    atomic.Int64
 	mu     sync.Mutex
 	counts map[string]int64
@@ -63,8 +66,21 @@ func NewEvilStore(s piece.Store) *EvilStore { return &EvilStore{Store: s, counts
 
 var _ piece.Store = (*EvilStore)(nil)
 
-// Arm starts the lies.
-func (s *EvilStore) Arm() { s.armed.Store(true) }
+// Arm starts the lies: modes in turn, or every misbehaviour without any.
+func (s *EvilStore) Arm(modes ...string) error {
+	if len(modes) == 0 {
+		modes = badModes
+	}
+	for _, m := range modes {
+		if !slices.Contains(badModes, m) {
+			return fmt.Errorf("unknown misbehaviour %q (want some of %v): %w", m, badModes, errdefs.ErrInvalid)
+		}
+	}
+	modes = slices.Clone(modes)
+	s.modes.Store(&modes)
+	s.armed.Store(true)
+	return nil
+}
 
 // EvilStats counts the pieces served by misbehaviour since armed.
 type EvilStats struct {
@@ -97,7 +113,8 @@ func (s *EvilStore) ReadPiece(ctx context.Context, task string, n int) (*piece.R
 	if !s.armed.Load() {
 		return s.Store.ReadPiece(ctx, task, n)
 	}
-	mode := badModes[(s.seq.Add(1)-1)%int64(len(badModes))]
+	modes := *s.modes.Load()
+	mode := modes[(s.seq.Add(1)-1)%int64(len(modes))]
 	if mode == BadAbsent {
 		s.count(mode)
 		return nil, fmt.Errorf("piece %d of %s: %w", n, task, errdefs.ErrNotFound)
@@ -201,7 +218,15 @@ func evilAgentRole(ctx context.Context, args []string) error {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	g.Go(func() error { return serveUntil(ctx, "tcp", cfg.MetricsListen, mux) })
 	ctl := http.NewServeMux()
-	ctl.HandleFunc("POST /arm", func(w http.ResponseWriter, r *http.Request) { evil.Arm() })
+	ctl.HandleFunc("POST /arm", func(w http.ResponseWriter, r *http.Request) {
+		var modes []string
+		if m := r.URL.Query().Get("modes"); m != "" {
+			modes = strings.Split(m, ",")
+		}
+		if err := evil.Arm(modes...); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+		}
+	})
 	ctl.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) { json.NewEncoder(w).Encode(evil.Stats()) })
 	sock := evilControl(*file)
 	os.Remove(sock)

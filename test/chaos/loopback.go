@@ -395,15 +395,14 @@ func (e *LoopbackEnv) OriginLog(ctx context.Context) ([]origin.Record, error) {
 }
 
 // ArmEvil implements Env.
-func (e *LoopbackEnv) ArmEvil(ctx context.Context, host int) error {
+func (e *LoopbackEnv) ArmEvil(ctx context.Context, host int, modes ...string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	ev := e.evil[host]
 	if ev == nil {
 		return fmt.Errorf("loopback: host %d is not malicious", host)
 	}
-	ev.Arm()
-	return nil
+	return ev.Arm(modes...)
 }
 
 // EvilStats implements Env.

@@ -134,6 +134,7 @@ var keyFigures = map[string][]string{
 	ScenarioKill:       {"victims", "victim_have_at_kill_min", "restarted_fetched_ratio_max", "origin_egress_ratio"},
 	ScenarioSupernode:  {"outage_seconds", "hosts_back_to_source", "origin_egress_ratio", "sessions_after_restart"},
 	ScenarioMalicious:  {"corrupt_bytes", "bad_pieces_served", "quarantined_after", "completion_ratio"},
+	ScenarioTrickler:   {"corrupt_bytes", "served_trickle", "quarantined_after", "completion_ratio"},
 	ScenarioOrigin5xx:  {"cdn_attempts", "retry_gap_first_ms", "retry_gap_last_ms", "origin_egress_ratio"},
 	ScenarioOriginRst:  {"cdn_attempts", "range_requests", "wasted_origin_bytes", "origin_egress_ratio"},
 	ScenarioOriginStl:  {"cdn_attempts", "range_requests", "wasted_origin_bytes", "origin_egress_ratio"},

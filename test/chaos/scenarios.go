@@ -21,6 +21,7 @@ const (
 	ScenarioKill       = "chaos-kill-restart"
 	ScenarioSupernode  = "chaos-supernode-restart"
 	ScenarioMalicious  = "chaos-malicious-host"
+	ScenarioTrickler   = "chaos-trickling-host"
 	ScenarioOrigin5xx  = "chaos-origin-5xx"
 	ScenarioOriginRst  = "chaos-origin-reset"
 	ScenarioOriginStl  = "chaos-origin-stall"
@@ -123,6 +124,7 @@ func Scenarios() []Scenario {
 		{Name: ScenarioKill, Short: "kill", Run: runKill},
 		{Name: ScenarioSupernode, Short: "supernode", Run: runSupernode},
 		{Name: ScenarioMalicious, Short: "malicious", Run: runMalicious},
+		{Name: ScenarioTrickler, Short: "trickler", Run: runTrickler},
 		{Name: "chaos-origin-*", Short: "origin", Run: runOrigin},
 		{Name: ScenarioDisk, Short: "disk", Run: runDisk, Root: true},
 		{Name: ScenarioRequests, Short: "requests", Run: runRequests},
@@ -160,6 +162,7 @@ var verifiers = map[string]func(*Result, *checker){
 	ScenarioKill:       verifyKill,
 	ScenarioSupernode:  verifySupernode,
 	ScenarioMalicious:  verifyMalicious,
+	ScenarioTrickler:   verifyTrickler,
 	ScenarioOrigin5xx:  verifyOrigin5xx,
 	ScenarioOriginRst:  verifyOriginResume,
 	ScenarioOriginStl:  verifyOriginResume,
@@ -639,6 +642,20 @@ func verifySupernode(r *Result, c *checker) {
 // against a usual 1.11–1.16). A last, small wave checks
 // that nobody asks the quarantined host any more.
 func runMalicious(ctx context.Context, env Env, p Profile) ([]*Result, error) {
+	return runLiar(ctx, env, p, ScenarioMalicious, badModes)
+}
+
+// runTrickler is runMalicious with a host whose only misbehaviour is a
+// trickle of the right bytes: its children cancel those pieces
+// (peer.slow_piece_*) and the supernode quarantines it like a host that
+// serves corrupt pieces.
+func runTrickler(ctx context.Context, env Env, p Profile) ([]*Result, error) {
+	return runLiar(ctx, env, p, ScenarioTrickler, []string{BadTrickle})
+}
+
+// runLiar runs the honest/lying pairs of runMalicious; host 0 lies with
+// modes in turn.
+func runLiar(ctx context.Context, env Env, p Profile, scenario string, modes []string) ([]*Result, error) {
 	n := min(p.MaliciousHosts, env.MaxHosts())
 	const pairs = 3
 	setup := Setup{Hosts: n, Evil: []int{0}}
@@ -646,7 +663,7 @@ func runMalicious(ctx context.Context, env Env, p Profile) ([]*Result, error) {
 		rate := fmt.Sprint(p.MaliciousRate)
 		setup.Agent = map[string]string{"peer.download_rate": rate, "peer.upload_rate": rate}
 	}
-	rn, err := begin(ctx, env, ScenarioMalicious, n, p.MaliciousBlob)
+	rn, err := begin(ctx, env, scenario, n, p.MaliciousBlob)
 	if err != nil {
 		return nil, err
 	}
@@ -666,6 +683,7 @@ func runMalicious(ctx context.Context, env Env, p Profile) ([]*Result, error) {
 	var served int64
 	var delivered, corrupt int64
 	quarantined, after, metric, servedAfter, cdnOut := 0.0, 0.0, 0.0, int64(0), int64(0)
+	honestQuarantined := 0.0
 	pair := func(k int) error {
 		if err := env.Start(ctx, setup); err != nil {
 			return err
@@ -683,7 +701,7 @@ func runMalicious(ctx context.Context, env Env, p Profile) ([]*Result, error) {
 		if err != nil {
 			return err
 		}
-		if err := env.ArmEvil(ctx, 0); err != nil {
+		if err := env.ArmEvil(ctx, 0, modes...); err != nil {
 			return err
 		}
 		b, err := env.Fetch(ctx, allHosts(n, reqs[1]))
@@ -698,11 +716,17 @@ func runMalicious(ctx context.Context, env Env, p Profile) ([]*Result, error) {
 			lies[m] += c
 		}
 		served = st.Total()
+		r.series("lies_served", float64(served))
+		r.note("pair %d: the liar served %d lies in its swarm", k, served)
 		state, err := env.SupernodeState(ctx)
 		if err != nil {
 			return err
 		}
 		for _, q := range state.Quarantined {
+			if q.ID != env.HostID(0) {
+				honestQuarantined++
+				r.note("pair %d: honest host %s quarantined after %d bad pieces", k, q.ID, q.QuarantinedAfter)
+			}
 			if q.ID == env.HostID(0) {
 				quarantined++
 				after = max(after, float64(q.QuarantinedAfter))
@@ -749,6 +773,7 @@ func runMalicious(ctx context.Context, env Env, p Profile) ([]*Result, error) {
 	}
 	r.set("bad_pieces_served", float64(lies[BadCorrupt]+lies[BadTruncate]))
 	r.set("quarantined", quarantined)
+	r.set("honest_quarantined", honestQuarantined)
 	r.set("quarantined_hosts_metric", metric)
 	r.set("quarantined_after", after)
 	// The fastest of each kind: a shared machine's interference only ever
@@ -769,8 +794,8 @@ func runMalicious(ctx context.Context, env Env, p Profile) ([]*Result, error) {
 		r.note("failed: %s", e)
 	}
 	r.note("all %d hosts download each blob at once; host 0 is honest in the first swarm of a pair and lies in the second; each pair on a fresh cluster; "+
-		"swarm completion = the slowest of the %d other hosts: honest %v s, lying %v s (same process, same shape; completion_ratio compares the fastest of each, completion_ratio_mean the means); lies: %v",
-		n, n-1, r.Series["honest_seconds"], r.Series["malicious_seconds"], lies)
+		"swarm completion = the slowest of the %d other hosts: honest %v s, lying %v s (same process, same shape; completion_ratio compares the fastest of each, completion_ratio_mean the means); lies (%v in turn): %v",
+		n, n-1, r.Series["honest_seconds"], r.Series["malicious_seconds"], modes, lies)
 	rn.finish(ctx, delivered, cdnOut)
 	// Four blobs and two small files were fetched by the CDN.
 	content := float64(2*pairs) * float64(p.MaliciousBlob)
@@ -780,12 +805,25 @@ func runMalicious(ctx context.Context, env Env, p Profile) ([]*Result, error) {
 }
 
 func verifyMalicious(r *Result, c *checker) {
+	c.add("the host did lie (wrong bytes and truncated pieces served)", r.fig("served_corrupt") >= 1 && r.fig("served_truncate") >= 1,
+		"served corrupt %v, truncated %v, trickled %v, absent %v", r.fig("served_corrupt"), r.fig("served_truncate"), r.fig("served_trickle"), r.fig("served_absent"))
+	verifyLiar(r, c)
+}
+
+func verifyTrickler(r *Result, c *checker) {
+	c.add("the host did trickle (and nothing else)", r.fig("served_trickle") >= 1 && r.fig("served_corrupt")+r.fig("served_truncate")+r.fig("served_absent") == 0,
+		"served trickled %v, corrupt %v, truncated %v, absent %v", r.fig("served_trickle"), r.fig("served_corrupt"), r.fig("served_truncate"), r.fig("served_absent"))
+	verifyLiar(r, c)
+}
+
+// verifyLiar judges what runLiar's scenarios share.
+func verifyLiar(r *Result, c *checker) {
 	c.add("zero corrupt bytes reach any client", r.fig("corrupt_bytes") == 0 && r.DigestsOK,
 		"%v corrupt bytes", r.fig("corrupt_bytes"))
 	c.add("every download completes", r.fig("downloads_failed") == 0 && r.FailedHosts == 0,
 		"%v failed", r.fig("downloads_failed"))
-	c.add("the host did lie (wrong bytes and truncated pieces served)", r.fig("served_corrupt") >= 1 && r.fig("served_truncate") >= 1,
-		"served corrupt %v, truncated %v, trickled %v, absent %v", r.fig("served_corrupt"), r.fig("served_truncate"), r.fig("served_trickle"), r.fig("served_absent"))
+	c.add("no honest host quarantined", r.fig("honest_quarantined") == 0,
+		"%v honest hosts in the supernode's quarantine list", r.fig("honest_quarantined"))
 	c.add("quarantined cluster-wide", r.fig("quarantined") == r.fig("pairs") && r.fig("quarantined_hosts_metric") == r.fig("pairs"),
 		"in the supernode's quarantine list: %v, pouchfly_supernode_quarantined_hosts %v", r.fig("quarantined"), r.fig("quarantined_hosts_metric"))
 	c.add("quarantined after ≤ 3 bad pieces", r.fig("quarantined_after") >= 1 && r.fig("quarantined_after") <= 3,

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -322,12 +324,12 @@ func (e *TestbedEnv) evilRemote(host int) (evilRemote, error) {
 }
 
 // ArmEvil implements Env.
-func (e *TestbedEnv) ArmEvil(ctx context.Context, host int) error {
+func (e *TestbedEnv) ArmEvil(ctx context.Context, host int, modes ...string) error {
 	r, err := e.evilRemote(host)
 	if err != nil {
 		return err
 	}
-	return r.call(ctx, "POST", "/arm", nil)
+	return r.call(ctx, "POST", "/arm?modes="+url.QueryEscape(strings.Join(modes, ",")), nil)
 }
 
 // EvilStats implements Env.

@@ -47,6 +47,12 @@ const (
 	Failure_FAILURE_REFUSED Failure = 4
 	// The local store failed (disk full): not the parent's fault.
 	Failure_FAILURE_LOCAL Failure = 5
+	// The parent trickled: the piece came far slower than both the agent's
+	// slow_piece_rate and the task's recent pieces (peer.slow_piece_*), and
+	// was cancelled. A bad piece, like FAILURE_VERIFY, when the parent
+	// delivered nothing to anyone meanwhile while the reporter received
+	// other pieces; else only a failure.
+	Failure_FAILURE_SLOW Failure = 6
 )
 
 // Enum value maps for Failure.
@@ -58,6 +64,7 @@ var (
 		3: "FAILURE_NOT_FOUND",
 		4: "FAILURE_REFUSED",
 		5: "FAILURE_LOCAL",
+		6: "FAILURE_SLOW",
 	}
 	Failure_value = map[string]int32{
 		"FAILURE_NONE":      0,
@@ -66,6 +73,7 @@ var (
 		"FAILURE_NOT_FOUND": 3,
 		"FAILURE_REFUSED":   4,
 		"FAILURE_LOCAL":     5,
+		"FAILURE_SLOW":      6,
 	}
 )
 
@@ -1845,14 +1853,15 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\\\n" +
 	"\bPrefetch\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x129\n" +
-	"\x05tasks\x18\x02 \x03(\v2#.pouchfly.scheduler.v1.RegisterTaskR\x05tasks*\x83\x01\n" +
+	"\x05tasks\x18\x02 \x03(\v2#.pouchfly.scheduler.v1.RegisterTaskR\x05tasks*\x95\x01\n" +
 	"\aFailure\x12\x10\n" +
 	"\fFAILURE_NONE\x10\x00\x12\x12\n" +
 	"\x0eFAILURE_VERIFY\x10\x01\x12\x13\n" +
 	"\x0fFAILURE_NETWORK\x10\x02\x12\x15\n" +
 	"\x11FAILURE_NOT_FOUND\x10\x03\x12\x13\n" +
 	"\x0fFAILURE_REFUSED\x10\x04\x12\x11\n" +
-	"\rFAILURE_LOCAL\x10\x05*\x8d\x01\n" +
+	"\rFAILURE_LOCAL\x10\x05\x12\x10\n" +
+	"\fFAILURE_SLOW\x10\x06*\x8d\x01\n" +
 	"\tErrorCode\x12\x11\n" +
 	"\rERROR_UNKNOWN\x10\x00\x12\x11\n" +
 	"\rERROR_INVALID\x10\x01\x12\x13\n" +
