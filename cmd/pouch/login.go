@@ -52,6 +52,11 @@ func loginCmd() *cobra.Command {
 mode 0600, and sends them with every pull of an image of that registry.
 pouchd never stores or logs them. REGISTRY defaults to docker.io.
 
+The file holds them base64-encoded, not encrypted. As with Docker,
+"credsStore": "NAME" in it (or "credHelpers": {"REGISTRY": "NAME"}) keeps
+them in the credential helper docker-credential-NAME instead (pass,
+secretservice, ...), and the file holds no secret.
+
 Without -u or a password, pouch asks on the terminal. Prefer
 --password-stdin to -p: a password on the command line is visible to
 every user of the host (ps) and stays in the shell's history.`,
@@ -127,11 +132,18 @@ every user of the host (ps) and stays in the shell's history.`,
 			if resp.IdentityToken != "" {
 				a.Password, a.IdentityToken = "", resp.IdentityToken
 			}
-			f.Set(registry, a)
+			if err := f.Set(registry, a); err != nil {
+				return err
+			}
 			if err := f.Save(); err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "Credentials for %s stored in %s\n", registry, f.Path())
+			if h := f.Helper(registry); h != "" {
+				fmt.Fprintf(os.Stderr, "Credentials for %s stored by docker-credential-%s\n", registry, h)
+			} else {
+				fmt.Fprintf(os.Stderr, "WARNING! Credentials for %s are stored unencrypted (base64, mode 0600) in %s.\n"+
+					"Name a credential helper in its \"credsStore\" (e.g. \"pass\" for docker-credential-pass) to keep them encrypted.\n", registry, f.Path())
+			}
 			fmt.Println(resp.Status)
 			return nil
 		},
@@ -163,7 +175,11 @@ func logoutCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if !f.Delete(registry) {
+			had, err := f.Delete(registry)
+			if err != nil {
+				return err
+			}
+			if !had {
 				fmt.Printf("Not logged in to %s\n", registry)
 				return nil
 			}

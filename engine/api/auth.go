@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/distribution/reference"
+	"github.com/docker/docker-credential-helpers/client"
+	"github.com/docker/docker-credential-helpers/credentials"
 
 	"github.com/pouchfly/pouchfly/internal/errdefs"
 )
@@ -124,11 +126,17 @@ func RegistryOf(image string) (string, error) {
 // AuthFile is the client's credential store: a Docker-style config.json
 // ({"auths": {"REGISTRY": {"auth": base64("user:password")}}}), kept
 // mode 0600 in a 0700 directory. Other keys of the file are preserved.
+// As in Docker, "credsStore" (every registry) and "credHelpers" (per
+// registry) name credential helpers — docker-credential-NAME programs on
+// the PATH (pass, secretservice, …) — that keep the secrets instead;
+// the file then holds an empty entry for the registry, and no secret.
 // Not safe for concurrent use.
 type AuthFile struct {
-	path  string
-	raw   map[string]json.RawMessage
-	auths map[string]authEntry
+	path        string
+	raw         map[string]json.RawMessage
+	auths       map[string]authEntry
+	credsStore  string
+	credHelpers map[string]string
 }
 
 type authEntry struct {
@@ -170,7 +178,73 @@ func LoadAuthFile(path string) (*AuthFile, error) {
 			return nil, fmt.Errorf("credentials: %s: bad \"auths\": %v: %w", path, err, errdefs.ErrInvalid)
 		}
 	}
+	if a, ok := f.raw["credsStore"]; ok {
+		if err := json.Unmarshal(a, &f.credsStore); err != nil || !validHelper(f.credsStore) {
+			return nil, fmt.Errorf("credentials: %s: bad \"credsStore\" %s: want a helper name (docker-credential-NAME): %w", path, a, errdefs.ErrInvalid)
+		}
+	}
+	if a, ok := f.raw["credHelpers"]; ok {
+		if err := json.Unmarshal(a, &f.credHelpers); err != nil {
+			return nil, fmt.Errorf("credentials: %s: bad \"credHelpers\": %v: %w", path, err, errdefs.ErrInvalid)
+		}
+		for reg, h := range f.credHelpers {
+			if !validHelper(h) {
+				return nil, fmt.Errorf("credentials: %s: credHelpers[%q] = %q: want a helper name (docker-credential-NAME): %w", path, reg, h, errdefs.ErrInvalid)
+			}
+		}
+	}
 	return f, nil
+}
+
+// validHelper accepts a helper name that is a plain program-name suffix
+// (no path, no shell syntax).
+func validHelper(name string) bool {
+	if name == "" || len(name) > 64 {
+		return name == ""
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// Helper is the credential helper that keeps registry's secrets ("" when
+// the file itself does).
+func (f *AuthFile) Helper(registry string) string {
+	keys := make([]string, 0, len(f.credHelpers))
+	for k := range f.credHelpers {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if n, err := NormalizeRegistry(k); err == nil && n == registry {
+			return f.credHelpers[k]
+		}
+	}
+	return f.credsStore
+}
+
+// helperServer is the server name helpers know registry by (Docker's,
+// so that credentials docker login stored are found).
+func helperServer(registry string) string {
+	if registry == "docker.io" {
+		return "https://index.docker.io/v1/"
+	}
+	return registry
+}
+
+// tokenUser is the user name under which Docker's helpers keep an
+// identity token.
+const tokenUser = "<token>"
+
+func helperProgram(name string) client.ProgramFunc {
+	return client.NewShellProgramFunc("docker-credential-" + name)
+}
+
+func helperError(name, op string, err error) error {
+	return fmt.Errorf("credentials: credential helper docker-credential-%s %s: %v: %w", name, op, err, errdefs.ErrUnavailable)
 }
 
 // Path is the file's path.
@@ -197,6 +271,20 @@ func (f *AuthFile) key(registry string) (string, bool) {
 
 // Get returns the credentials stored for registry (normalized), or nil.
 func (f *AuthFile) Get(registry string) (*AuthConfig, error) {
+	if h := f.Helper(registry); h != "" {
+		c, err := client.Get(helperProgram(h), helperServer(registry))
+		if credentials.IsErrCredentialsNotFound(err) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, helperError(h, "get", err)
+		}
+		a := &AuthConfig{ServerAddress: registry, Username: c.Username, Password: c.Secret}
+		if c.Username == tokenUser {
+			a.Username, a.Password, a.IdentityToken = "", "", c.Secret
+		}
+		return a, nil
+	}
 	k, ok := f.key(registry)
 	if !ok {
 		return nil, nil
@@ -217,26 +305,51 @@ func (f *AuthFile) Get(registry string) (*AuthConfig, error) {
 	return a, nil
 }
 
-// Set stores a's credentials under registry (normalized); Save writes.
-func (f *AuthFile) Set(registry string, a AuthConfig) {
+// Set stores a's credentials under registry (normalized): in its
+// credential helper at once, if it has one (the file then gets an empty
+// entry), else in the file; Save writes the file.
+func (f *AuthFile) Set(registry string, a AuthConfig) error {
 	if k, ok := f.key(registry); ok {
 		delete(f.auths, k)
+	}
+	if h := f.Helper(registry); h != "" {
+		c := &credentials.Credentials{ServerURL: helperServer(registry), Username: a.Username, Secret: a.Password}
+		if a.IdentityToken != "" {
+			c.Username, c.Secret = tokenUser, a.IdentityToken
+		}
+		if err := client.Store(helperProgram(h), c); err != nil {
+			return helperError(h, "store", err)
+		}
+		f.auths[registry] = authEntry{}
+		return nil
 	}
 	e := authEntry{IdentityToken: a.IdentityToken}
 	if a.Username != "" || a.Password != "" {
 		e.Auth = base64.StdEncoding.EncodeToString([]byte(a.Username + ":" + a.Password))
 	}
 	f.auths[registry] = e
+	return nil
 }
 
-// Delete removes registry's credentials and reports whether there were
-// any; Save writes.
-func (f *AuthFile) Delete(registry string) bool {
+// Delete removes registry's credentials (from its credential helper too)
+// and reports whether there were any; Save writes the file.
+func (f *AuthFile) Delete(registry string) (bool, error) {
 	k, ok := f.key(registry)
 	if ok {
 		delete(f.auths, k)
 	}
-	return ok
+	if h := f.Helper(registry); h != "" {
+		err := client.Erase(helperProgram(h), helperServer(registry))
+		switch {
+		case err != nil && strings.Contains(err.Error(), credentials.NewErrCredentialsNotFound().Error()):
+			// client.Erase passes the helper's "not found" on as text.
+		case err != nil:
+			return ok, helperError(h, "erase", err)
+		default:
+			ok = true
+		}
+	}
+	return ok, nil
 }
 
 // Save writes the store atomically, mode 0600 (its directory 0700 when

@@ -71,7 +71,9 @@ func TestAuthFile(t *testing.T) {
 	if a, err := f.Get("reg:5000"); a != nil || err != nil {
 		t.Fatalf("empty store: %v %v", a, err)
 	}
-	f.Set("reg:5000", AuthConfig{Username: "alice", Password: "s3:cret"})
+	if err := f.Set("reg:5000", AuthConfig{Username: "alice", Password: "s3:cret"}); err != nil {
+		t.Fatal(err)
+	}
 	if err := f.Save(); err != nil {
 		t.Fatal(err)
 	}
@@ -96,9 +98,14 @@ func TestAuthFile(t *testing.T) {
 	if a, err := f.Get("docker.io"); err != nil || a == nil || a.Username != "bob" || a.Password != "pw" {
 		t.Errorf("Docker Hub entry: %+v %v", a, err)
 	}
-	f.Set("reg:5000", AuthConfig{Username: "carol", Password: "x"})
-	if !f.Delete("docker.io") || f.Delete("docker.io") {
-		t.Errorf("Delete")
+	if err := f.Set("reg:5000", AuthConfig{Username: "carol", Password: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if had, err := f.Delete("docker.io"); !had || err != nil {
+		t.Errorf("Delete: %v %v", had, err)
+	}
+	if had, err := f.Delete("docker.io"); had || err != nil {
+		t.Errorf("second Delete: %v %v", had, err)
 	}
 	if err := f.Save(); err != nil {
 		t.Fatal(err)

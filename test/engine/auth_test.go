@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pouchfly/pouchfly/internal/testenv"
 	"github.com/pouchfly/pouchfly/test/registry"
 )
 
@@ -117,10 +118,14 @@ func TestPrivateRegistry(t *testing.T) {
 		}
 	}
 
-	// The right one: stored 0600 in ~/.pouch/config.json, Docker's format.
+	// The right one: stored 0600 in ~/.pouch/config.json, Docker's format,
+	// with a warning that base64 is not encryption.
 	out, errOut, code := e.pouchAs(t, home, strings.NewReader(creds.Password+"\n"), "login", "--username", creds.Username, "--password-stdin", reg)
 	if code != 0 || !strings.Contains(out, "Login Succeeded") {
 		t.Fatalf("login: exit %d\nstdout %q\nstderr %q\n%s", code, out, errOut, e.logTail())
+	}
+	if !strings.Contains(errOut, "stored unencrypted") || !strings.Contains(errOut, "credsStore") {
+		t.Errorf("login without a credential helper gave no warning: %q", errOut)
 	}
 	st, err := os.Stat(cfgFile)
 	if err != nil {
@@ -227,4 +232,61 @@ func TestPrivateRegistry(t *testing.T) {
 	if _, errOut, code := e.pouchAs(t, home, nil, "pull", e.image); code != 0 {
 		t.Errorf("anonymous pull of a public image: exit %d %s", code, errOut)
 	}
+}
+
+// TestPrivateRegistryCredentialHelper: with "credsStore" in
+// ~/.pouch/config.json, pouch login hands the secret to the credential
+// helper (Docker's protocol), the file holds none, a pull of the private
+// image gets the credentials from the helper, and logout erases them there.
+func TestPrivateRegistryCredentialHelper(t *testing.T) {
+	e := need(t)
+	reg := e.reg.Host()
+	creds := e.reg.AdminCredentials()
+	helperStore := testenv.InstallCredentialHelper(t)
+	home := t.TempDir()
+	cfgFile := filepath.Join(home, ".pouch", "config.json")
+	if err := os.MkdirAll(filepath.Dir(cfgFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfgFile, []byte(`{"credsStore": "`+testenv.FakeCredentialHelper+`"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer e.pouchRaw("rmi", "-f", e.privImg)
+
+	out, errOut, code := e.pouchAs(t, home, strings.NewReader(creds.Password+"\n"), "login", "-u", creds.Username, "--password-stdin", reg)
+	if code != 0 || !strings.Contains(out, "Login Succeeded") || !strings.Contains(errOut, "docker-credential-"+testenv.FakeCredentialHelper) {
+		t.Fatalf("login: exit %d\nstdout %q\nstderr %q\n%s", code, out, errOut, e.logTail())
+	}
+	secrets := []string{creds.Password, base64.StdEncoding.EncodeToString([]byte(creds.Username + ":" + creds.Password))}
+	b, _ := os.ReadFile(cfgFile)
+	for _, s := range secrets {
+		if strings.Contains(string(b), s) {
+			t.Errorf("config.json holds a secret with a credential helper:\n%s", b)
+		}
+	}
+	if !strings.Contains(string(b), reg) {
+		t.Errorf("config.json has no entry for %s:\n%s", reg, b)
+	}
+	if hb, _ := os.ReadFile(helperStore); !strings.Contains(string(hb), creds.Password) {
+		t.Fatalf("the helper did not get the secret")
+	}
+
+	e.pouchRaw("rmi", "-f", e.privImg)
+	out, errOut, code = e.pouchAs(t, home, nil, "pull", e.privImg)
+	if code != 0 || !strings.Contains(out, "Pull complete") {
+		t.Fatalf("pull with the helper's credentials: exit %d\nstdout %s\nstderr %s\n%s", code, out, errOut, e.logTail())
+	}
+	e.pouch(t, "rmi", e.privImg)
+
+	if out, _, code := e.pouchAs(t, home, nil, "logout", reg); code != 0 || !strings.Contains(out, "Removing login credentials for "+reg) {
+		t.Errorf("logout: exit %d %q", code, out)
+	}
+	if hb, _ := os.ReadFile(helperStore); strings.Contains(string(hb), creds.Password) {
+		t.Errorf("logout left the secret in the helper")
+	}
+	// Without them the pull is refused again.
+	if _, errOut, code := e.pouchAs(t, home, nil, "pull", e.privImg); code == 0 || !strings.Contains(errOut, "access denied") {
+		t.Errorf("pull after logout: exit %d %q", code, errOut)
+	}
+	e.noPrivateImage(t, "after logout")
 }

@@ -73,6 +73,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	testenv.RunCredentialHelper() // TestPrivateRegistryCredentialHelper's helper
 	code := m.Run()
 	if shared != nil {
 		shared.teardown()
