@@ -5,10 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/distribution/reference"
@@ -213,15 +214,8 @@ func validHelper(name string) bool {
 // Helper is the credential helper that keeps registry's secrets ("" when
 // the file itself does).
 func (f *AuthFile) Helper(registry string) string {
-	keys := make([]string, 0, len(f.credHelpers))
-	for k := range f.credHelpers {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if n, err := NormalizeRegistry(k); err == nil && n == registry {
-			return f.credHelpers[k]
-		}
+	if k, ok := registryKey(f.credHelpers, registry); ok {
+		return f.credHelpers[k]
 	}
 	return f.credsStore
 }
@@ -252,16 +246,15 @@ func (f *AuthFile) Path() string { return f.path }
 
 // key finds the entry of registry, accepting Docker's spellings of
 // Docker Hub and URL-style keys.
-func (f *AuthFile) key(registry string) (string, bool) {
-	if _, ok := f.auths[registry]; ok {
+func (f *AuthFile) key(registry string) (string, bool) { return registryKey(f.auths, registry) }
+
+// registryKey finds the key of m that names registry (normalized): the
+// registry itself, or the first (in order) of Docker's spellings of it.
+func registryKey[V any](m map[string]V, registry string) (string, bool) {
+	if _, ok := m[registry]; ok {
 		return registry, true
 	}
-	keys := make([]string, 0, len(f.auths))
-	for k := range f.auths {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		if n, err := NormalizeRegistry(k); err == nil && n == registry {
 			return k, true
 		}
