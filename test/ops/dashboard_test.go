@@ -122,23 +122,35 @@ func TestDashboardInBrowser(t *testing.T) {
 	bctx, bcancel := browser(t)
 	defer bcancel()
 	task := fmt.Sprintf(`[data-task=%q][data-percent="100"]`, digest)
-	var hostRows int
-	var hostsText, saved, pct, fromOrigin, p2p string
+	// One snapshot of the page, read in a single script: the live view
+	// re-renders its tables on every update, so nodes queried one call at
+	// a time may be replaced (and read empty) in between.
+	var page struct {
+		HostRows                               int
+		HostsText, Saved, Pct, FromOrigin, P2P string
+	}
 	err = chromedp.Run(bctx,
 		chromedp.Navigate(e.base+"/"),
 		chromedp.WaitVisible(task, chromedp.ByQuery),
 		chromedp.WaitVisible(`#live:not(.off)`, chromedp.ByQuery),
 		chromedp.WaitVisible(fmt.Sprintf(`[data-job=%q]`, j.ID), chromedp.ByQuery),
-		chromedp.Evaluate(`window.__pouchflyMarker = 42; document.querySelectorAll("#hosts-table tbody tr").length`, &hostRows),
-		chromedp.Text(`#hosts-table tbody`, &hostsText, chromedp.ByQuery),
-		chromedp.Text(`#saved-percent`, &saved, chromedp.ByQuery),
-		chromedp.Text(task+` .pct`, &pct, chromedp.ByQuery),
-		chromedp.Text(`#origin-bytes`, &fromOrigin, chromedp.ByQuery),
-		chromedp.Text(`#p2p-bytes`, &p2p, chromedp.ByQuery),
+		chromedp.Evaluate(fmt.Sprintf(`(() => {
+			window.__pouchflyMarker = 42;
+			const text = (sel) => { const n = document.querySelector(sel); return n ? n.textContent.trim() : "<missing>"; };
+			return {
+				HostRows: document.querySelectorAll("#hosts-table tbody tr").length,
+				HostsText: text("#hosts-table tbody"),
+				Saved: text("#saved-percent"),
+				Pct: text(%q),
+				FromOrigin: text("#origin-bytes"),
+				P2P: text("#p2p-bytes"),
+			};
+		})()`, task+" .pct"), &page),
 	)
 	if err != nil {
 		t.Fatal(err)
 	}
+	hostRows, hostsText, saved, pct, fromOrigin, p2p := page.HostRows, page.HostsText, page.Saved, page.Pct, page.FromOrigin, page.P2P
 	t.Logf("page: %d host rows, saved %s, task %s, from origin %s, between peers %s", hostRows, saved, pct, fromOrigin, p2p)
 	if hostRows != 5 {
 		t.Errorf("hosts table has %d rows, want 4 agents + the CDN", hostRows)
