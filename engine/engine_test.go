@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -293,4 +294,41 @@ func TestLogs(t *testing.T) {
 	if got, err := e.get("abab"); err != nil || got != c {
 		t.Errorf("get by prefix: %v", err)
 	}
+}
+
+// FuzzParseBind: any -v value parses or fails with ErrInvalid; a parsed
+// bind has a clean absolute container path other than /, and exactly one
+// of a clean absolute host path, a volume name or an anonymous volume.
+func FuzzParseBind(f *testing.F) {
+	for _, s := range []string{"/data", "/host:/data", "/host:/data:ro", "vol:/data:rw,z", "vol:/", ":/x", "a:b:c:d", "/h:rel", "/h:/d:bogus", "/h/../x:/d/./e/"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b, err := parseBind(s)
+		if err != nil {
+			if !errors.Is(err, errdefs.ErrInvalid) {
+				t.Fatalf("%q: error %v is not ErrInvalid", s, err)
+			}
+			return
+		}
+		if !path.IsAbs(b.Dest) || b.Dest == "/" || path.Clean(b.Dest) != b.Dest {
+			t.Fatalf("%q: container path %q", s, b.Dest)
+		}
+		kinds := 0
+		if b.Anonymous {
+			kinds++
+		}
+		if b.Volume != "" {
+			kinds++ // its name is the volume store's to validate
+		}
+		if b.Source != "" {
+			kinds++
+			if !filepath.IsAbs(b.Source) || filepath.Clean(b.Source) != b.Source {
+				t.Fatalf("%q: host path %q", s, b.Source)
+			}
+		}
+		if kinds != 1 {
+			t.Fatalf("%q: %+v is not exactly one of a host path, a volume, an anonymous volume", s, b)
+		}
+	})
 }

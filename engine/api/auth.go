@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"unicode"
 
 	"github.com/distribution/reference"
 	"github.com/docker/docker-credential-helpers/client"
@@ -108,7 +109,7 @@ func NormalizeRegistry(server string) (string, error) {
 	case "docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com":
 		return "docker.io", nil
 	}
-	if s == "" || strings.ContainsAny(s, " @") {
+	if s == "" || strings.ContainsFunc(s, func(r rune) bool { return r == '@' || unicode.IsSpace(r) || unicode.IsControl(r) }) {
 		return "", fmt.Errorf("registry %q: want host[:port]: %w", server, errdefs.ErrInvalid)
 	}
 	return s, nil

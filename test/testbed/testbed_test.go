@@ -249,6 +249,23 @@ func TestCleanStaleRemovesDeadRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	go sleeper.Wait()
+	// ip netns exec enters the namespace, then execs sleep: wait for both,
+	// or CleanStale may look before the process is in there.
+	var nsStat syscall.Stat_t
+	if err := syscall.Stat("/run/netns/"+prefix+"-"+deadID+"-h1", &nsStat); err != nil {
+		t.Fatal(err)
+	}
+	inside := func() bool {
+		var st syscall.Stat_t
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", sleeper.Process.Pid))
+		return syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", sleeper.Process.Pid), &st) == nil && st.Ino == nsStat.Ino &&
+			strings.TrimSpace(string(comm)) == "sleep"
+	}
+	for deadline := time.Now().Add(10 * time.Second); !inside(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the sleeper never got into the dead namespace")
+		}
+	}
 	removed, err := CleanStale(ctx, prefix, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -257,10 +274,12 @@ func TestCleanStaleRemovesDeadRuns(t *testing.T) {
 	if want := []string{prefix + "-" + deadID + "-br", prefix + "-" + deadID + "-h1"}; !slices.Equal(removed, want) {
 		t.Errorf("removed %v, want %v", removed, want)
 	}
-	if err := syscall.Kill(sleeper.Process.Pid, 0); err == nil {
-		time.Sleep(200 * time.Millisecond)
-		if syscall.Kill(sleeper.Process.Pid, 0) == nil {
+	// Killed, it is reaped by sleeper.Wait (until then a zombie answers
+	// signal 0): allow for a loaded machine.
+	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(sleeper.Process.Pid, 0) == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
 			t.Errorf("the process in the stale namespace survived")
+			break
 		}
 	}
 	if _, err := os.Stat(workDir); !os.IsNotExist(err) {
