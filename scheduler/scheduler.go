@@ -118,10 +118,14 @@ type Scheduler struct {
 	log     *slog.Logger
 	metrics *Metrics
 
-	mu      sync.Mutex
-	ctx     context.Context
-	hosts   map[string]*host
-	tasks   map[string]*task
+	mu    sync.Mutex
+	ctx   context.Context
+	hosts map[string]*host
+	tasks map[string]*task
+	// banned remembers quarantined host IDs across reconnects (a host
+	// cannot shed its quarantine by opening a new session), until
+	// Release; at most maxBanned, the oldest forgotten first.
+	banned  map[string]ban
 	cdnID   string
 	after   []func() // run after mu is released
 	scratch []Candidate
@@ -153,6 +157,7 @@ func New(cfg Config, sender Sender, seeder Seeder, signer *tasktoken.Signer, clk
 		metrics: NewMetrics(),
 		ctx:     context.Background(),
 		hosts:   map[string]*host{},
+		banned:  map[string]ban{},
 		tasks:   map[string]*task{},
 	}
 	if a, ok := seeder.(Authorizer); ok {
@@ -230,6 +235,10 @@ func (s *Scheduler) AddHost(info HostInfo) error {
 		}
 		s.log.Info("host reconnected, replacing", "peer", info.ID)
 		s.removeHostLocked(old)
+	}
+	if b, ok := s.banned[info.ID]; ok && !info.CDN {
+		h.quarantined, h.badPieces, h.quarantinedAt = true, b.badPieces, b.badPieces
+		s.log.Warn("quarantined host reconnected: still quarantined", "peer", info.ID, "since", b.at)
 	}
 	s.hosts[info.ID] = h
 	if info.CDN {
@@ -864,6 +873,12 @@ func (s *Scheduler) gainLocked(p *peer, n int) bool {
 	if p.isCDN() || p.host.quarantined {
 		return true // not a copy others may fetch (holders)
 	}
+	addHolder(p, n)
+	return true
+}
+
+// addHolder counts p's piece n as a copy others may fetch.
+func addHolder(p *peer, n int) {
 	t := p.task
 	for len(t.holders) <= n {
 		t.holders = append(t.holders, 0)
@@ -874,7 +889,6 @@ func (s *Scheduler) gainLocked(p *peer, n int) bool {
 	i := t.recentNext[n]
 	t.recent[n][i] = p
 	t.recentNext[n] = (i + 1) % recentHolders
-	return true
 }
 
 // updateHungryLocked keeps p's membership of task.hungry current.
@@ -1446,9 +1460,29 @@ func (s *Scheduler) badPieceLocked(par *host, reporter *peer, n int) {
 	}
 }
 
-// quarantineLocked takes a host out of every parent set for good.
+// ban is a quarantine remembered by host ID.
+type ban struct {
+	at        time.Time
+	badPieces int
+}
+
+// maxBanned bounds the quarantines remembered.
+const maxBanned = 4096
+
+// quarantineLocked takes a host out of every parent set until an operator
+// releases it (Release), across reconnects.
 func (s *Scheduler) quarantineLocked(h *host) {
 	h.quarantined = true
+	if len(s.banned) >= maxBanned {
+		oldest := ""
+		for id, b := range s.banned {
+			if oldest == "" || b.at.Before(s.banned[oldest].at) {
+				oldest = id
+			}
+		}
+		delete(s.banned, oldest)
+	}
+	s.banned[h.info.ID] = ban{at: s.clk.Now(), badPieces: h.badPieces}
 	s.metrics.Quarantines.Inc()
 	s.log.Warn("host quarantined", "peer", h.info.ID, "bad_pieces", h.badPieces)
 	var orphans []*peer
@@ -1475,6 +1509,34 @@ func (s *Scheduler) quarantineLocked(h *host) {
 	for _, t := range tasks {
 		s.grantLocked(t, nil)
 	}
+}
+
+// Release lifts a host's quarantine (an operator's decision, say after its
+// disk was repaired): it may be a parent again, its pieces count as copies
+// again, and its bad-piece count starts over. It reports whether the host
+// was quarantined (connected or remembered).
+func (s *Scheduler) Release(hostID string) bool {
+	s.lock()
+	defer s.unlock()
+	_, banned := s.banned[hostID]
+	delete(s.banned, hostID)
+	h := s.hosts[hostID]
+	if h == nil || !h.quarantined {
+		return banned
+	}
+	h.quarantined, h.badPieces, h.quarantinedAt, h.badSeen = false, 0, 0, nil
+	s.log.Warn("host released from quarantine", "peer", hostID)
+	for _, q := range h.peers {
+		if q.isCDN() || q.gone {
+			continue
+		}
+		for n := range len(q.bitmap) * 8 {
+			if q.bitmap.Has(n) {
+				addHolder(q, n)
+			}
+		}
+	}
+	return true
 }
 
 // Done records the end of a host's download. Success makes it a seed of

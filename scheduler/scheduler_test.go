@@ -349,6 +349,62 @@ func TestQuarantineThreshold(t *testing.T) {
 	}
 }
 
+// TestQuarantineSurvivesReconnect: a quarantined host cannot shed its
+// quarantine by reconnecting (its ID is remembered); Release lifts it, and
+// the host is a parent again.
+func TestQuarantineSurvivesReconnect(t *testing.T) {
+	e := newEnv(t, DefaultConfig(), nil)
+	task := taskID(5)
+	for _, h := range []string{"bad", "kid1", "kid2", "kid3"} {
+		e.host(h, "")
+	}
+	e.held("bad", task, 8)
+	e.must(e.s.Register("kid1", reg(task)))
+	for n := range 3 {
+		e.report("kid1", task, res("bad", n, vVerify, 10))
+	}
+	if q := e.s.Snapshot().Quarantined; !slices.Equal(q, []string{"bad"}) {
+		t.Fatalf("quarantined %v", q)
+	}
+	// A new session under the same ID: still quarantined, offered to nobody.
+	e.s.RemoveHost("bad")
+	e.host("bad", "")
+	e.held("bad", task, 8)
+	if q := e.s.Snapshot().Quarantined; !slices.Equal(q, []string{"bad"}) {
+		t.Fatalf("after a reconnect: quarantined %v", q)
+	}
+	e.rec.take("kid2")
+	e.must(e.s.Register("kid2", reg(task)))
+	if got := lastParents(t, e.rec.take("kid2")); contains(got, "bad") {
+		t.Fatalf("a reconnected quarantined host was offered as a parent: %v", got)
+	}
+	// Released: a parent again, and its pieces are copies again.
+	if !e.s.Release("bad") {
+		t.Fatal("Release of a quarantined host reported false")
+	}
+	if q := e.s.Snapshot().Quarantined; len(q) != 0 {
+		t.Fatalf("after Release: quarantined %v", q)
+	}
+	if n := e.s.tasks[task].holders[0]; n != 1 {
+		t.Errorf("after Release piece 0 has %d holders, want 1 (bad)", n)
+	}
+	e.rec.take("kid3")
+	e.must(e.s.Register("kid3", reg(task)))
+	if got := lastParents(t, e.rec.take("kid3")); !contains(got, "bad") {
+		t.Fatalf("a released host is not offered as a parent: %v", got)
+	}
+	if e.s.Release("bad") || e.s.Release("nobody") {
+		t.Error("Release of a host that is not quarantined reported true")
+	}
+	// Released, it starts over: three new bad pieces quarantine it again.
+	for n := range 3 {
+		e.report("kid3", task, res("bad", n, vVerify, 10))
+	}
+	if q := e.s.Snapshot().Quarantined; !slices.Equal(q, []string{"bad"}) {
+		t.Fatalf("quarantined %v after three new bad pieces", q)
+	}
+}
+
 // TestSlowPieceJudgement: a slow piece counts against a parent only if the
 // parent delivered nothing to anyone while the reporter received other
 // pieces: a busy parent (uploads queued behind its rate limit) and a

@@ -14,6 +14,7 @@
 //	POST   /api/v1/preheats           admin: start a job (preheat.Request) → 202
 //	DELETE /api/v1/preheats/{id}      admin: cancel a job
 //	POST   /api/v1/webhooks/registry  admin: registry notifications (when enabled)
+//	DELETE /api/v1/quarantine/{host}  admin: lift a host's quarantine (404 when it has none)
 package httpapi
 
 import (
@@ -41,6 +42,12 @@ import (
 // Snapshotter is what the API reads of the scheduler.
 type Snapshotter interface {
 	Snapshot() scheduler.Snapshot
+}
+
+// Releaser lifts quarantines (scheduler.Scheduler.Release); a Snapshotter
+// that is one also serves DELETE /api/v1/quarantine/{host}.
+type Releaser interface {
+	Release(hostID string) bool
 }
 
 // WebhookSecretHeader carries the webhook's shared secret.
@@ -156,6 +163,9 @@ func (s *Server) Register(mux *http.ServeMux) {
 	route("POST /api/v1/preheats", "preheat_create", s.admin(s.handleCreate))
 	route("DELETE /api/v1/preheats/{id}", "preheat_cancel", s.admin(s.handleCancel))
 	route("POST /api/v1/webhooks/registry", "webhook", s.handleWebhook)
+	if _, ok := s.sched.(Releaser); ok {
+		route("DELETE /api/v1/quarantine/{host}", "quarantine_release", s.admin(s.handleRelease))
+	}
 	route("/api/", "other", s.handleUnknown)
 }
 
@@ -369,6 +379,20 @@ func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, j)
+}
+
+func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("host")
+	if id == "" || len(id) > 256 {
+		writeError(w, http.StatusBadRequest, "want a host ID")
+		return
+	}
+	if !s.sched.(Releaser).Release(id) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("host %q is not quarantined", id))
+		return
+	}
+	s.log.Warn("quarantine lifted by an operator", "peer", id, "remote", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, map[string]string{"released": id})
 }
 
 func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {

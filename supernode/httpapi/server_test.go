@@ -33,6 +33,7 @@ func (fakeSched) Snapshot() scheduler.Snapshot {
 		Peers: []scheduler.PeerSnapshot{{HostID: "cdn-x", CDN: true, Pieces: 3}, {HostID: "h", Pieces: 3, Done: true}}}},
 		Quarantined: []string{"<script>alert(1)</script>"}}
 }
+func (fakeSched) Release(id string) bool                       { return id == "liar" }
 func (fakeSched) Preseed(scheduler.SeedRequest) (bool, error)  { return false, nil }
 func (fakeSched) Prefetch(string, *schedulerv1.Prefetch) error { return nil }
 
@@ -99,6 +100,36 @@ func TestConfigValidate(t *testing.T) {
 		if err := c.Validate(); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// TestQuarantineRelease: lifting a quarantine is an admin route (token;
+// refused read-only); an unknown or unquarantined host is 404.
+func TestQuarantineRelease(t *testing.T) {
+	const tok = "admin-token-0123456789"
+	_, base := newServer(t, func(c *Config) { c.Token = tok })
+	auth := map[string]string{"Authorization": "Bearer " + tok}
+	for _, tc := range []struct {
+		host string
+		hdr  map[string]string
+		code int
+	}{
+		{"liar", nil, 401},
+		{"liar", map[string]string{"Authorization": "Bearer wrong-token-0123456789"}, 401},
+		{"honest", auth, 404},
+		{"liar", auth, 200},
+	} {
+		resp, body := call(t, http.MethodDelete, base+"/api/v1/quarantine/"+tc.host, tc.hdr, "")
+		if resp.StatusCode != tc.code {
+			t.Errorf("%s %v: %d %s, want %d", tc.host, tc.hdr, resp.StatusCode, body, tc.code)
+		}
+		if tc.code == 200 && body != `{"released":"liar"}`+"\n" {
+			t.Errorf("body %q", body)
+		}
+	}
+	_, ro := newServer(t, func(c *Config) { c.ReadOnly = true })
+	if resp, body := call(t, http.MethodDelete, ro+"/api/v1/quarantine/liar", nil, ""); resp.StatusCode != 403 {
+		t.Errorf("read-only: %d %s", resp.StatusCode, body)
 	}
 }
 
