@@ -174,6 +174,14 @@ func (e *env) host(id, zone string) {
 	e.must(e.s.AddHost(HostInfo{ID: id, IP: "10.0.1.1", UploadPort: 9000, Zone: zone}))
 }
 
+// hosts adds hosts without a zone.
+func (e *env) hosts(ids ...string) {
+	e.t.Helper()
+	for _, id := range ids {
+		e.host(id, "")
+	}
+}
+
 func taskID(i int) string { return fmt.Sprintf("sha256:%064x", i) }
 
 func sum(task string, n int) []byte {

@@ -355,9 +355,7 @@ func TestQuarantineThreshold(t *testing.T) {
 func TestQuarantineSurvivesReconnect(t *testing.T) {
 	e := newEnv(t, DefaultConfig(), nil)
 	task := taskID(5)
-	for _, h := range []string{"bad", "kid1", "kid2", "kid3"} {
-		e.host(h, "")
-	}
+	e.hosts("bad", "kid1", "kid2", "kid3")
 	e.held("bad", task, 8)
 	e.must(e.s.Register("kid1", reg(task)))
 	for n := range 3 {
@@ -413,9 +411,7 @@ func TestQuarantineSurvivesReconnect(t *testing.T) {
 func TestSlowPieceJudgement(t *testing.T) {
 	e := newEnv(t, DefaultConfig(), nil)
 	task := taskID(4)
-	for _, h := range []string{"busy", "trickler", "kid", "other"} {
-		e.host(h, "")
-	}
+	e.hosts("busy", "trickler", "kid", "other")
 	e.held("busy", task, 16)
 	e.held("trickler", task, 16)
 	e.must(e.s.Register("kid", reg(task)))
