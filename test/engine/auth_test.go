@@ -1,7 +1,6 @@
 package enginetest
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -25,29 +24,17 @@ func (e *env) pouchAs(t *testing.T, home string, stdin io.Reader, args ...string
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(e.bin, "pouch"), append([]string{"-H", "unix://" + e.sock}, args...)...)
-	cmd.Stdin = stdin
 	env := []string{"HOME=" + home}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "HOME=") && !strings.HasPrefix(kv, "POUCH_CONFIG=") {
 			env = append(env, kv)
 		}
 	}
-	cmd.Env = env
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
+	out, errOut, code := e.runPouch(ctx, e.sock, stdin, env, args...)
 	if ctx.Err() != nil {
-		t.Fatalf("pouch %s hung (killed after a minute)\nstderr: %s", strings.Join(args, " "), errb.String())
+		t.Fatalf("pouch %s hung (killed after a minute)\nstderr: %s", strings.Join(args, " "), errOut)
 	}
-	code := 0
-	if err != nil {
-		code = -1
-		if xe, ok := err.(*exec.ExitError); ok {
-			code = xe.ExitCode()
-		}
-	}
-	return out.String(), errb.String(), code
+	return out, errOut, code
 }
 
 // ctr runs ctr against pouchd's containerd, in pouchd's namespace.

@@ -427,8 +427,15 @@ func (e *env) pouchRaw(args ...string) (string, string, int) {
 func (e *env) pouchAt(sock string, stdin io.Reader, args ...string) (string, string, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	return e.runPouch(ctx, sock, stdin, nil, args...)
+}
+
+// runPouch runs pouch against the pouchd at sock with stdin (may be nil)
+// and env (nil: this process's), until ctx ends; it returns stdout,
+// stderr and the exit code (-1 when it did not exit by itself).
+func (e *env) runPouch(ctx context.Context, sock string, stdin io.Reader, env []string, args ...string) (string, string, int) {
 	cmd := exec.CommandContext(ctx, filepath.Join(e.bin, "pouch"), append([]string{"-H", "unix://" + sock}, args...)...)
-	cmd.Stdin = stdin
+	cmd.Stdin, cmd.Env = stdin, env
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
