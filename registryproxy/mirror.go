@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/pouchfly/pouchfly/internal/clock"
 	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/internal/httpserver"
 	"github.com/pouchfly/pouchfly/peer"
 )
 
@@ -153,14 +153,14 @@ func (m *Mirror) Serve(ctx context.Context, ln net.Listener) error {
 // (pushes, uploads, the catalog, deletes) gets 405 UNSUPPORTED. Every
 // error is an OCI error body.
 func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rec := &recorder{ResponseWriter: w}
+	rec := &httpserver.StatusRecorder{ResponseWriter: w}
 	rt := route{kind: kindOther}
 	defer func() {
 		if v := recover(); v != nil {
 			m.metrics.requests.WithLabelValues(rt.kind, "aborted").Inc()
 			panic(v)
 		}
-		m.metrics.requests.WithLabelValues(rt.kind, strconv.Itoa(rec.code())).Inc()
+		m.metrics.requests.WithLabelValues(rt.kind, strconv.Itoa(rec.Status())).Inc()
 	}()
 	rec.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	if r.ContentLength != 0 {
@@ -230,7 +230,7 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // request is one request being served.
 type request struct {
 	r        *http.Request
-	w        *recorder
+	w        *httpserver.StatusRecorder
 	rt       route
 	up       *upstream
 	auth     string // the client's Authorization ("" if none)
@@ -296,54 +296,4 @@ func headerSize(r *http.Request) int {
 		}
 	}
 	return n
-}
-
-// recorder remembers the status for metrics and keeps Flush and the
-// response controller (write deadlines) working.
-type recorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (r *recorder) WriteHeader(code int) {
-	if r.status == 0 && code >= 200 {
-		r.status = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *recorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-// ReadFrom lets blob bodies reach the connection by sendfile (net/http's
-// response writer does that for an *os.File source).
-func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	if rf, ok := r.ResponseWriter.(io.ReaderFrom); ok {
-		return rf.ReadFrom(src)
-	}
-	return io.Copy(struct{ io.Writer }{r.ResponseWriter}, src)
-}
-
-// Flush sends buffered data to the client.
-func (r *recorder) Flush() {
-	if f, ok := r.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-// Unwrap lets http.ResponseController reach the server's writer.
-func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-func (r *recorder) code() int {
-	if r.status == 0 {
-		return http.StatusOK
-	}
-	return r.status
 }

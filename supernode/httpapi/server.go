@@ -34,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pouchfly/pouchfly/internal/errdefs"
+	"github.com/pouchfly/pouchfly/internal/httpserver"
 	"github.com/pouchfly/pouchfly/scheduler"
 	"github.com/pouchfly/pouchfly/supernode/dashboard"
 	"github.com/pouchfly/pouchfly/supernode/preheat"
@@ -188,37 +189,11 @@ func (s *Server) handleUnknown(w http.ResponseWriter, r *http.Request) {
 	writeError(w, http.StatusNotFound, "no such route: "+r.URL.Path)
 }
 
-// statusWriter records the status for metrics.
-type statusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.code == 0 {
-		w.code = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.code == 0 {
-		w.code = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach Flush and deadlines.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
 func (s *Server) instrument(name string, h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sw := &statusWriter{ResponseWriter: w}
+		sw := &httpserver.StatusRecorder{ResponseWriter: w}
 		h(sw, r)
-		if sw.code == 0 {
-			sw.code = http.StatusOK
-		}
-		s.metrics.requests.WithLabelValues(name, strconv.Itoa(sw.code)).Inc()
+		s.metrics.requests.WithLabelValues(name, strconv.Itoa(sw.Status())).Inc()
 	})
 }
 

@@ -176,8 +176,8 @@ func Table(w io.Writer, rs []*Result) {
 			verdict += " FAILED: " + strings.Join(names, ", ")
 		}
 		fmt.Fprintf(w, "| %s | %s | %d | %s | %.2f | %.2f | %.2f | %s | %d | %s | %s |\n",
-			r.Scenario, r.Env, r.Hosts, fmtBytes(r.BlobBytes), r.Seconds.P50, r.Seconds.P99, r.Seconds.Max,
-			fmtBytes(r.OriginEgressBytes), r.FailedHosts, strings.Join(figs, ", "), verdict)
+			r.Scenario, r.Env, r.Hosts, report.FormatBytes(r.BlobBytes), r.Seconds.P50, r.Seconds.P99, r.Seconds.Max,
+			report.FormatBytes(r.OriginEgressBytes), r.FailedHosts, strings.Join(figs, ", "), verdict)
 	}
 }
 
@@ -189,16 +189,6 @@ func fmtFig(v float64) string {
 		return fmt.Sprintf("%.0f", v)
 	}
 	return fmt.Sprintf("%.3g", v)
-}
-
-func fmtBytes(n int64) string {
-	switch {
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.0f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }
 
 // summarize fills Seconds from per-host times.

@@ -170,29 +170,6 @@ func (s *Server) record(rec Record) {
 	s.faults.log = append(s.faults.log, rec)
 }
 
-// recorder notes the status a handler sent.
-type recorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (r *recorder) WriteHeader(code int) {
-	if r.status == 0 {
-		r.status = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *recorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach the connection.
-func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
 // errInjected ends a response broken on purpose.
 var errInjected = errors.New("injected fault")
 

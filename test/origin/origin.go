@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/pouchfly/pouchfly/internal/httpserver"
 )
 
 // File is one served file.
@@ -109,12 +111,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	arrived := time.Now()
-	rec := &recorder{ResponseWriter: w}
+	rec := &httpserver.StatusRecorder{ResponseWriter: w}
 	fault := s.takeFault(r)
 	cw := &countingWriter{w: rec, n: &s.egress, rate: s.Rate, lim: s.totalLimiter(), ctx: r.Context()}
 	defer func() {
 		s.record(Record{Time: arrived, Path: r.URL.Path, Range: r.Header.Get("Range"), UserAgent: r.UserAgent(),
-			Remote: r.RemoteAddr, Status: rec.status, Bytes: cw.sent, Fault: fault.Mode})
+			Remote: r.RemoteAddr, Status: rec.Sent(), Bytes: cw.sent, Fault: fault.Mode})
 	}()
 	if fault.Mode == Fault5xx {
 		http.Error(rec, "injected failure", http.StatusServiceUnavailable)

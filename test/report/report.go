@@ -207,3 +207,14 @@ func PerGB(cpuSeconds float64, delivered int64) float64 {
 	}
 	return cpuSeconds / (float64(delivered) / 1e9)
 }
+
+// FormatBytes prints a byte count for tables: "1.5 MiB", "12 KiB", "7 B".
+func FormatBytes(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.0f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}

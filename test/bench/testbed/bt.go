@@ -30,6 +30,7 @@ import (
 	"github.com/anacrolix/torrent/tracker/udp"
 
 	"github.com/pouchfly/pouchfly/test/origin"
+	"github.com/pouchfly/pouchfly/test/report"
 	"github.com/pouchfly/pouchfly/test/testbed"
 )
 
@@ -348,7 +349,7 @@ func runBitTorrent(ctx context.Context, r *testbed.Runner, n int, size int64) (*
 	f.Close()
 
 	run := &testbed.Run{Mode: "bittorrent", Hosts: n, Size: size, Digest: digest, ProcCPU: map[string]float64{}}
-	r.Logf("bittorrent: tracker + seeder on the origin host (%d pieces of %s)…", info.NumPieces(), fmtBytes(info.PieceLength))
+	r.Logf("bittorrent: tracker + seeder on the origin host (%d pieces of %s)…", info.NumPieces(), report.FormatBytes(info.PieceLength))
 	seeder, err := tb.StartRole(tb.Origin, "bt-origin-"+name, testbed.ProcOptions{}, "bt-origin",
 		"-ip", tb.Origin.IP, "-torrent", torrentPath, "-data", dataDir)
 	if err != nil {
@@ -399,7 +400,7 @@ func runBitTorrent(ctx context.Context, r *testbed.Runner, n int, size int64) (*
 			os.RemoveAll(d)
 		}
 	}()
-	r.Logf("bittorrent: %d hosts download %s…", n, fmtBytes(size))
+	r.Logf("bittorrent: %d hosts download %s…", n, report.FormatBytes(size))
 	run.Results, run.Window, err = tb.RunClients(ctx, specs, 60*time.Second, r.Options().RunTimeout, r.Progress(n))
 	if err != nil {
 		return run, err
@@ -415,6 +416,6 @@ func runBitTorrent(ctx context.Context, r *testbed.Runner, n int, size int64) (*
 		"MaxAllocPeerRequestDataPerConn 16 MiB (the 1 MiB default deadlocks v1.59.1's upload path), "+
 		"KeepAliveTimeout 1 s (bounds v1.59.1's lost writer wake-up, which otherwise stalls a connection up to 1 min); "+
 		"origin_egress_bytes = the seeder's piece payload sent (protocol overhead excluded: %s more)",
-		info.NumPieces(), fmtBytes(info.PieceLength), fmtBytes((st1.BytesWritten-st0.BytesWritten)-(st1.BytesWrittenData-st0.BytesWrittenData))))
+		info.NumPieces(), report.FormatBytes(info.PieceLength), report.FormatBytes((st1.BytesWritten-st0.BytesWritten)-(st1.BytesWrittenData-st0.BytesWrittenData))))
 	return run, nil
 }

@@ -240,7 +240,7 @@ func writePlots(dir string, rows []row) error {
 		return nil
 	}
 	r0 := rows[0].Rep
-	cond := fmt.Sprintf("%s blob, hosts %g Mbit/s, origin %g Mbit/s", fmtBytes(r0.BlobBytes), r0.HostCapMbit, r0.OriginCapMbit)
+	cond := fmt.Sprintf("%s blob, hosts %g Mbit/s, origin %g Mbit/s", report.FormatBytes(r0.BlobBytes), r0.HostCapMbit, r0.OriginCapMbit)
 	// 1. Completion time.
 	p := newPlot("Completion time vs N ("+cond+")", "seconds (solid p50, dashed max)", rows)
 	for _, m := range modeOrder {
